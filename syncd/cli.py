@@ -1,0 +1,222 @@
+"""The command line: parse, call the library, print text or --json. The only place that exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from syncd import __version__
+from syncd.config import Settings, default_config_path, load_config
+from syncd.engine import Plan, Progress, Report, opened
+from syncd.errors import BackendUnavailable, ConfigError, StoreError, SyncdError
+from syncd.logs import configure_logging
+from syncd.state import State
+
+log = structlog.get_logger()
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_config(args.config)
+        configure_logging(settings.log)
+        return args.command(settings, args)
+    except ConfigError as e:
+        _error(str(e), f"check {args.config}, or see config.yaml in the syncd README for every key")
+        return EXIT_USAGE
+    except (BackendUnavailable, StoreError) as e:
+        _error(str(e), None)
+        return EXIT_BACKEND
+    except SyncdError as e:
+        _error(str(e), None)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _error(message: str, hint: str | None) -> None:
+    print(f"Error: {message}", file=sys.stderr)
+    if hint:
+        print(f"Try: {hint}", file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", type=Path, default=default_config_path(),
+                        help="config file (default: $SYNCD_CONFIG, else ./config.yaml)")
+    parser = argparse.ArgumentParser(prog="syncd", description="Keep a Qdrant collection an exact mirror of folders of documents.")
+    parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("resync", parents=[common], help="reconcile the sources with Qdrant once and exit")
+    p.add_argument("--source", help="only this source")
+    p.add_argument("--force", action="store_true", help="re-chunk and re-embed everything")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(command=resync)
+
+    p = sub.add_parser("status", parents=[common], help="documents, chunks, pending and failures per source")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(command=status)
+
+    p = sub.add_parser("search", parents=[common], help="print the chunks nearest to a query")
+    p.add_argument("query")
+    p.add_argument("--limit", type=int, default=5)
+    p.add_argument("--source", help="only this source")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(command=search)
+    return parser
+
+
+# -- resync ---------------------------------------------------------------------------------
+
+
+def resync(settings: Settings, args: argparse.Namespace) -> int:
+    sources = [settings.source(args.source)] if args.source else settings.sources
+    if args.dry_run:
+        return _dry_run(settings, sources, args.json)
+    progress = Progress()
+    with _progress_display(progress, enabled=not args.json):
+        report = asyncio.run(_resync(settings, sources, args.force, progress))
+    if args.json:
+        print(json.dumps(asdict(report), indent=2))
+    else:
+        print(
+            f"added {report.added}, updated {report.updated}, deleted {report.deleted}, "
+            f"unchanged {report.unchanged}, failed {report.failed}, skipped {report.skipped}; "
+            f"{report.texts_embedded} texts embedded in {report.seconds:.1f}s"
+        )
+    for f in report.failures:
+        print(f"failed: {f['source']}/{f['path']}: {f['reason']}", file=sys.stderr)
+    return EXIT_FAILED if report.failed else EXIT_OK
+
+
+async def _resync(settings: Settings, sources: list, force: bool, progress: Progress) -> Report:
+    total = Report()
+    started = time.monotonic()
+    async with opened(settings, rebuild=force and len(sources) == len(settings.sources),
+                      progress=progress) as engine:
+        for source in sources:
+            total.merge(await engine.reconcile(source, force))
+        engine.state.drop_unused_vectors()
+    total.seconds = time.monotonic() - started
+    return total
+
+
+def _dry_run(settings: Settings, sources: list, as_json: bool) -> int:
+    async def plan() -> list[Plan]:
+        async with opened(settings, create=False) as engine:
+            return [engine.plan(s) for s in sources]
+
+    plans = asyncio.run(plan())
+    if as_json:
+        print(json.dumps({"plans": [p.summary() for p in plans]}, indent=2))
+        return EXIT_OK
+    for p in plans:
+        print(f"{p.source}: {len(p.add)} to add, {len(p.update)} to update, "
+              f"{len(p.delete)} to delete, {p.unchanged} unchanged")
+        for label, paths in (("add", p.add), ("update", p.update), ("delete", p.delete)):
+            for path in paths:
+                print(f"  {label:<6} {path}")
+    return EXIT_OK
+
+
+@contextmanager
+def _progress_display(progress: Progress, enabled: bool):
+    """A live bar on a terminal; periodic structured events otherwise."""
+    if not enabled:
+        yield
+        return
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+
+        with Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                 TextColumn("{task.fields[texts]} texts embedded"), TimeRemainingColumn(),
+                 transient=True) as bar:
+            task = bar.add_task("documents", total=None, texts=0)
+            progress.listeners.append(
+                lambda p: bar.update(task, total=p.documents_total or None,
+                                     completed=p.documents_done, texts=p.texts_embedded)
+            )
+            yield
+        return
+    last = [time.monotonic()]
+
+    def every_five_seconds(p: Progress) -> None:
+        if time.monotonic() - last[0] >= 5:
+            last[0] = time.monotonic()
+            log.info("resync_progress", documents_done=p.documents_done,
+                     documents_total=p.documents_total, texts_embedded=p.texts_embedded)
+
+    progress.listeners.append(every_five_seconds)
+    yield
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+def status(settings: Settings, args: argparse.Namespace) -> int:
+    # SQLite only, so it works while `syncd run` holds the embedded store.
+    state = State(settings.state.path)
+    try:
+        rows = [state.status(s.name) for s in settings.sources]
+    finally:
+        state.close()
+    if args.json:
+        print(json.dumps({"sources": [
+            {"name": r.name, "documents": r.documents, "chunks": r.chunks, "pending": r.pending,
+             "skipped": r.skipped, "last_sync": _iso(r.last_sync),
+             "failed": [{"path": f.path, "reason": f.error, "attempts": f.attempts} for f in r.failed]}
+            for r in rows]}, indent=2))
+    else:
+        for r in rows:
+            print(f"{r.name}: {r.documents} documents, {r.chunks} chunks, {r.pending} pending, "
+                  f"{len(r.failed)} failed, {r.skipped} skipped; last sync {_iso(r.last_sync) or 'never'}")
+            for f in r.failed:
+                print(f"  failed {f.path}: {f.error} (attempts: {f.attempts})")
+    return EXIT_FAILED if any(r.failed for r in rows) else EXIT_OK
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
+
+
+# -- search ---------------------------------------------------------------------------------
+
+
+def search(settings: Settings, args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    if args.source:
+        settings.source(args.source)
+
+    async def query() -> list[dict[str, Any]]:
+        async with opened(settings, create=False) as engine:
+            return [
+                {"score": round(h.score, 4), **h.payload}
+                for h in await engine.search(args.query, args.limit, args.source)
+            ]
+
+    hits = asyncio.run(query())
+    if args.json:
+        print(json.dumps({"query": args.query, "hits": hits}, indent=2))
+        return EXIT_OK
+    if not hits:
+        print("no results (has `syncd resync` run?)")
+    for h in hits:
+        excerpt = " ".join(h["text"].split())[:200]
+        print(f"{h['score']:.3f}  {h['source']}/{h['path']}  #{h['chunk_index']}\n       {excerpt}")
+    return EXIT_OK

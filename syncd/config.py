@@ -1,0 +1,197 @@
+"""The configuration: one YAML file, overridable by `SYNCD_<SECTION>__<KEY>` variables.
+
+Nothing is read at import time; `load_config(path)` returns a validated `Settings` or
+raises `ConfigError` naming the offending key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from syncd.errors import ConfigError
+
+# The AI21 Embed API takes texts shorter than 2,000 characters.
+AI21_MAX_CHARS = 2000
+AI21_MAX_BATCH = 200
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FolderSource(Section):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    type: Literal["folder"] = "folder"
+    path: Path
+    include: list[str] = ["**/*.md", "**/*.markdown", "**/*.txt", "**/*.rst"]
+    exclude: list[str] = ["**/.git/**", "**/.syncd/**", "**/node_modules/**"]
+    # Larger files are recorded as skipped, not read.
+    max_file_bytes: Annotated[int, Field(gt=0)] = 10_000_000
+
+
+class Chunking(Section):
+    max_chars: Annotated[int, Field(ge=100)] = 1000
+    overlap_chars: Annotated[int, Field(ge=0)] = 100
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> Chunking:
+        if self.overlap_chars * 2 > self.max_chars:
+            raise ValueError("overlap_chars must be at most half of max_chars")
+        return self
+
+
+class Embedder(Section):
+    provider: Literal["local", "ai21", "openai"] = "local"
+    model: str = "all-MiniLM-L6-v2"
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    batch_size: Annotated[int, Field(ge=1, le=2048)] = 200
+    requests_per_minute: Annotated[float, Field(gt=0)] = 60
+    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    timeout_seconds: Annotated[float, Field(gt=0)] = 30
+
+
+class Qdrant(Section):
+    path: Path | None = Path(".syncd/qdrant")
+    url: str | None = None
+    api_key: SecretStr | None = None
+    collection: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "syncd"
+
+
+class State(Section):
+    path: Path = Path(".syncd/state.db")
+
+
+class Watch(Section):
+    debounce_seconds: Annotated[float, Field(ge=0)] = 1.0
+    rescan_interval_seconds: Annotated[float, Field(ge=0)] = 300
+    polling: bool = False
+
+
+class Server(Section):
+    listen: str | None = "127.0.0.1:9187"
+
+
+class Log(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json"] = "auto"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SYNCD_", env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True
+    )
+
+    sources: Annotated[list[FolderSource], Field(min_length=1)]
+    chunking: Chunking = Chunking()
+    embedder: Embedder = Embedder()
+    qdrant: Qdrant = Qdrant()
+    state: State = State()
+    watch: Watch = Watch()
+    server: Server = Server()
+    log: Log = Log()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment variables override the file.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique, got {names}")
+        if self.embedder.provider == "ai21":
+            if self.chunking.max_chars >= AI21_MAX_CHARS:
+                raise ValueError(
+                    f"chunking.max_chars must be below {AI21_MAX_CHARS} with provider ai21"
+                )
+            if self.embedder.batch_size > AI21_MAX_BATCH:
+                raise ValueError(f"embedder.batch_size must be at most {AI21_MAX_BATCH} with ai21")
+        if (self.qdrant.url is None) == (self.qdrant.path is None) and self.qdrant.url is not None:
+            raise ValueError("set qdrant.url or qdrant.path, not both")
+        if self.qdrant.url is None and self.qdrant.path is None:
+            raise ValueError("set qdrant.path (embedded) or qdrant.url (server)")
+        return self
+
+    def source(self, name: str) -> FolderSource:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise ConfigError(f"--source: no source named {name!r} (have: {[s.name for s in self.sources]})")
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("SYNCD_CONFIG", "config.yaml"))
+
+
+def load_config(path: Path | None = None) -> Settings:
+    """Read, override from the environment, validate, and anchor relative paths at the file."""
+    path = path or default_config_path()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path}: invalid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections")
+    # A user moving from embedded to server sets only qdrant.url; the path default must yield.
+    qdrant = data.get("qdrant") or {}
+    if (qdrant.get("url") or os.environ.get("SYNCD_QDRANT__URL")) and "path" not in qdrant:
+        data["qdrant"] = {**qdrant, "path": None}
+    try:
+        settings = Settings(**data)
+    except ValidationError as e:
+        raise ConfigError(f"config file {path}: {_describe(e)}") from None
+    return _anchor(settings, path.resolve().parent)
+
+
+def _describe(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{key}: {msg}" if key else msg)
+    return "; ".join(parts)
+
+
+def _anchor(settings: Settings, base: Path) -> Settings:
+    def at(p: Path | None) -> Path | None:
+        return None if p is None else (base / p.expanduser())
+
+    for s in settings.sources:
+        s.path = at(s.path)
+    settings.state.path = at(settings.state.path)
+    settings.qdrant.path = at(settings.qdrant.path)
+    settings.embedder.api_key_file = at(settings.embedder.api_key_file)
+    return settings
+
+
+def api_key(embedder: Embedder) -> tuple[str | None, str]:
+    """The key and where it came from (for messages; the key itself is never shown)."""
+    if embedder.api_key is not None:
+        return embedder.api_key.get_secret_value(), "embedder.api_key"
+    if embedder.api_key_file is not None:
+        try:
+            return embedder.api_key_file.read_text().strip(), f"embedder.api_key_file ({embedder.api_key_file})"
+        except OSError as e:
+            raise ConfigError(f"embedder.api_key_file: {embedder.api_key_file}: {e.strerror}") from e
+    var = {"ai21": "AI21_API_KEY", "openai": "OPENAI_API_KEY"}.get(embedder.provider)
+    if var and os.environ.get(var):
+        return os.environ[var], var
+    return None, "no key configured"

@@ -1,0 +1,36 @@
+"""Embedding providers behind one small interface, chosen by `embedder.provider`."""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import numpy as np
+
+from syncd.config import Embedder as EmbedderConfig
+from syncd.errors import ConfigError
+
+Kind = Literal["document", "query"]
+
+
+class Embedder(Protocol):
+    #: What the vectors are, recorded with the collection: "<provider>:<model>".
+    model_id: str
+    dimension: int
+    #: Texts one `embed` call may take.
+    max_batch: int
+
+    async def embed(self, texts: list[str], kind: Kind) -> np.ndarray:
+        """One row per text, L2-normalised float32; documents and queries may differ."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def make_embedder(config: EmbedderConfig) -> Embedder:
+    if config.provider == "local":
+        from syncd.embedders.local import LocalEmbedder
+
+        return LocalEmbedder(config)
+    raise ConfigError(
+        f"embedder.provider: {config.provider!r} is not available in this version; use 'local'"
+    )

@@ -1,0 +1,311 @@
+"""Plan and apply a reconcile of one source with Qdrant; shared by `run` and `resync`.
+
+Order of writes, so that a crash at any moment leaves nothing the next run cannot repair:
+  1. new vectors go to the SQLite vector cache as soon as they exist (never embedded twice);
+  2. a document's points are upserted under deterministic ids, then its surplus chunks
+     are deleted by filter;
+  3. only then is the document recorded as synced in SQLite.
+A plan also compares the store's own per-path point counts with the state, so points the
+state does not know of (a crash between 2 and 3, a lost state file) are found and fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import structlog
+
+from syncd.chunking import Chunk, chunk_text
+from syncd.config import FolderSource, Settings
+from syncd.embedders import Embedder, make_embedder
+from syncd.errors import DocumentError
+from syncd.extract import Extracted, extract
+from syncd.sources import folder
+from syncd.sources.folder import FileStat
+from syncd.state import DocRow, State
+from syncd.store import Hit, Identity, PointData, Store, open_store, point_id
+
+log = structlog.get_logger()
+
+
+@dataclass
+class Plan:
+    source: str
+    add: list[str]
+    update: list[str]
+    delete: list[str]
+    unchanged: int
+    stats: dict[str, FileStat] = field(repr=False)
+    #: Points per path as the store holds them.
+    points: dict[str, int] = field(repr=False)
+
+    def summary(self) -> dict[str, object]:
+        return {"source": self.source, "add": self.add, "update": self.update,
+                "delete": self.delete, "unchanged": self.unchanged}
+
+
+@dataclass
+class Report:
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    skipped: int = 0
+    texts_embedded: int = 0
+    seconds: float = 0.0
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def merge(self, other: Report) -> None:
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+
+@dataclass
+class Progress:
+    """Live counters for a progress display; the engine only increments them."""
+
+    documents_total: int = 0
+    documents_done: int = 0
+    texts_embedded: int = 0
+    listeners: list[Callable[[Progress], None]] = field(default_factory=list)
+
+    def advance(self, documents: int = 0, texts: int = 0) -> None:
+        self.documents_done += documents
+        self.texts_embedded += texts
+        for listener in self.listeners:
+            listener(self)
+
+
+@dataclass
+class _Prepared:
+    source: str
+    path: str
+    stat: FileStat
+    doc_hash: str
+    doc: Extracted
+    chunks: list[Chunk]
+    is_new: bool
+
+
+class Engine:
+    def __init__(self, settings: Settings, state: State, store: Store | None, embedder: Embedder | None,
+                 progress: Progress | None = None) -> None:
+        self.settings = settings
+        self.state = state
+        self.store = store
+        self.embedder = embedder
+        self.progress = progress or Progress()
+        self._batch = min(settings.embedder.batch_size, embedder.max_batch) if embedder else 0
+        # Vectors already known for texts of documents still waiting for theirs.
+        self._vectors: dict[str, np.ndarray] = {}
+        self._to_embed: dict[str, str] = {}
+        self._waiting: list[_Prepared] = []
+
+    # -- planning -------------------------------------------------------------------------
+
+    def plan(self, source: FolderSource, force: bool = False) -> Plan:
+        stats = folder.scan(source)
+        docs = self.state.documents(source.name)
+        in_store = self.store.chunk_counts(source.name) if self.store else {}
+        add, update = [], []
+        unchanged = 0
+        for path, stat in stats.items():
+            doc = docs.get(path)
+            if doc is None:
+                add.append(path)
+            elif force or _needs_sync(doc, stat, in_store.get(path, 0)):
+                update.append(path)
+            else:
+                unchanged += 1
+        delete = sorted((docs.keys() | in_store.keys()) - stats.keys())
+        return Plan(source.name, sorted(add), sorted(update), delete, unchanged, stats, in_store)
+
+    async def search(self, text: str, limit: int, source: str | None) -> list[Hit]:
+        if self.store is None:
+            return []
+        (vector,) = await self.embedder.embed([text], "query")
+        return self.store.search(vector, limit, source)
+
+    # -- applying -------------------------------------------------------------------------
+
+    async def reconcile(self, source: FolderSource, force: bool = False) -> Report:
+        started = time.monotonic()
+        plan = self.plan(source, force)
+        self.state.set_pending(source.name, len(plan.add) + len(plan.update) + len(plan.delete))
+        self.progress.documents_total += len(plan.add) + len(plan.update) + len(plan.delete)
+        log.info("reconcile_planned", source=source.name, add=len(plan.add),
+                 update=len(plan.update), delete=len(plan.delete), unchanged=plan.unchanged)
+        report = Report(unchanged=plan.unchanged)
+        self._delete(source.name, plan.delete, report)
+        known = self.state.documents(source.name)
+        for path in plan.add + plan.update:
+            prepared = await self._prepare(source, plan, path, known.get(path), force, report)
+            if prepared is not None:
+                await self._enqueue(prepared, force, report)
+        await self._drain(report)
+        self.state.set_pending(source.name, 0, synced=True)
+        report.seconds = time.monotonic() - started
+        log.info("reconcile_finished", source=source.name, **_counts(report))
+        return report
+
+    def _delete(self, source: str, paths: list[str], report: Report) -> None:
+        for i in range(0, len(paths), 1000):
+            part = paths[i : i + 1000]
+            self.store.delete_documents(source, part)
+            self.state.forget(source, part)
+            report.deleted += len(part)
+            self.progress.advance(documents=len(part))
+
+    async def _prepare(self, source: FolderSource, plan: Plan, path: str, doc: DocRow | None,
+                       force: bool, report: Report) -> _Prepared | None:
+        """Read, hash, extract and chunk one file; record it as failed or skipped if it must be."""
+        stat = plan.stats[path]
+        if stat.size > source.max_file_bytes:
+            self._problem(source.name, path, stat, "skipped",
+                          f"larger than max_file_bytes ({stat.size} > {source.max_file_bytes})", report)
+            return None
+        try:
+            data = await asyncio.to_thread(folder.read, source, path)
+        except FileNotFoundError:
+            # Gone since the scan: it is no longer a current document.
+            self._delete(source.name, [path], report)
+            return None
+        except OSError as e:
+            self._problem(source.name, path, stat, "failed", f"unreadable: {e.strerror}", report)
+            return None
+        doc_hash = hashlib.sha256(data).hexdigest()
+        if (not force and doc is not None and doc.status == "done" and doc.doc_hash == doc_hash
+                and plan.points.get(path, 0) == doc.chunk_count):
+            self.state.touch(source.name, path, stat.size, stat.mtime_ns)
+            report.unchanged += 1
+            self.progress.advance(documents=1)
+            return None
+        try:
+            extracted = extract(path, data)
+        except DocumentError as e:
+            self._problem(source.name, path, stat, "failed", str(e), report)
+            return None
+        chunking = self.settings.chunking
+        chunks = chunk_text(extracted.text, chunking.max_chars, chunking.overlap_chars, extracted.is_markdown)
+        return _Prepared(source.name, path, stat, doc_hash, extracted, chunks, doc is None)
+
+    def _problem(self, source: str, path: str, stat: FileStat, status: str, reason: str,
+                 report: Report) -> None:
+        self.store.delete_documents(source, [path])
+        self.state.record_problem(source, path, stat.size, stat.mtime_ns, status, reason)
+        if status == "failed":
+            report.failed += 1
+            report.failures.append({"source": source, "path": path, "reason": reason})
+            log.warning("document_failed", source=source, path=path, reason=reason)
+        else:
+            report.skipped += 1
+            log.info("document_skipped", source=source, path=path, reason=reason)
+        self.progress.advance(documents=1)
+
+    async def _enqueue(self, prepared: _Prepared, force: bool, report: Report) -> None:
+        """Queue a document's texts for embedding; embed once there is a full round of batches."""
+        missing = [c.hash for c in prepared.chunks if c.hash not in self._vectors and c.hash not in self._to_embed]
+        if not force:
+            self._vectors.update(self.state.vectors(missing))
+        for c in prepared.chunks:
+            if c.hash not in self._vectors:
+                self._to_embed.setdefault(c.hash, c.text)
+        self._waiting.append(prepared)
+        round_size = self._batch * self.settings.embedder.max_concurrency
+        while len(self._to_embed) >= round_size:
+            await self._embed_round(round_size, report)
+        self._write_ready(report)
+
+    async def _drain(self, report: Report) -> None:
+        while self._to_embed:
+            await self._embed_round(self._batch * self.settings.embedder.max_concurrency, report)
+        self._write_ready(report)
+
+    async def _embed_round(self, limit: int, report: Report) -> None:
+        hashes = list(self._to_embed)[:limit]
+        batches = [hashes[i : i + self._batch] for i in range(0, len(hashes), self._batch)]
+        results = await asyncio.gather(
+            *(self.embedder.embed([self._to_embed[h] for h in b], "document") for b in batches)
+        )
+        fresh = {h: v for b, vectors in zip(batches, results, strict=True) for h, v in zip(b, vectors, strict=True)}
+        self.state.add_vectors(fresh)
+        self._vectors.update(fresh)
+        for h in hashes:
+            del self._to_embed[h]
+        report.texts_embedded += len(hashes)
+        self.progress.advance(texts=len(hashes))
+        log.debug("batch_embedded", texts=len(hashes), requests=len(batches))
+
+    def _write_ready(self, report: Report) -> None:
+        ready = [p for p in self._waiting if all(c.hash in self._vectors for c in p.chunks)]
+        if not ready:
+            return
+        self._waiting = [p for p in self._waiting if p not in ready]
+        points = [point for p in ready for point in self._points(p)]
+        for i in range(0, len(points), 1000):
+            self.store.upsert(points[i : i + 1000])
+        for p in ready:
+            self.store.trim(p.source, p.path, len(p.chunks))
+            self.state.record_synced(p.source, p.path, p.stat.size, p.stat.mtime_ns, p.doc_hash,
+                                     [c.hash for c in p.chunks])
+            if p.is_new:
+                report.added += 1
+            else:
+                report.updated += 1
+        self.progress.advance(documents=len(ready))
+        needed = {c.hash for p in self._waiting for c in p.chunks}
+        self._vectors = {h: v for h, v in self._vectors.items() if h in needed}
+
+    def _points(self, p: _Prepared) -> list[PointData]:
+        base = {"source": p.source, "path": p.path, "chunk_count": len(p.chunks),
+                "doc_hash": p.doc_hash, "mtime": p.stat.mtime_ns / 1e9,
+                "metadata": p.doc.metadata, "format": p.doc.format}
+        if p.doc.title:
+            base["title"] = p.doc.title
+        return [
+            PointData(point_id(p.source, p.path, i), self._vectors[c.hash],
+                      {**base, "chunk_index": i, "text": c.text, "chunk_hash": c.hash})
+            for i, c in enumerate(p.chunks)
+        ]
+
+
+def _needs_sync(doc: DocRow, stat: FileStat, points: int) -> bool:
+    if doc.status == "failed":
+        return True
+    if (doc.size, doc.mtime_ns) != (stat.size, stat.mtime_ns):
+        return True
+    return points != (doc.chunk_count if doc.status == "done" else 0)
+
+
+def _counts(report: Report) -> dict[str, object]:
+    return {k: v for k, v in asdict(report).items() if k != "failures"}
+
+
+@asynccontextmanager
+async def opened(settings: Settings, rebuild: bool = False, create: bool = True,
+                 progress: Progress | None = None) -> AsyncIterator[Engine]:
+    """State, embedder and store for one command, closed in reverse order however it ends.
+
+    With `create` false a missing collection is not made (`engine.store` is None then).
+    """
+    state = State(settings.state.path)
+    embedder = store = None
+    try:
+        embedder = make_embedder(settings.embedder)
+        state.use_embedder(embedder.model_id)
+        identity = Identity(embedder.model_id, embedder.dimension)
+        store = open_store(settings.qdrant, identity, rebuild=rebuild, create=create)
+        yield Engine(settings, state, store, embedder, progress)
+    finally:
+        if store is not None:
+            store.close()
+        if embedder is not None:
+            await embedder.aclose()
+        state.close()

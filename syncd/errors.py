@@ -1,0 +1,51 @@
+"""The one exception tree of syncd; `cli.main` maps it to exit codes.
+
+    SyncdError
+    ├── ConfigError            bad usage or configuration: exit 2
+    │   └── StoreMismatch      the collection was built with another embedder: exit 2
+    ├── BackendUnavailable     Qdrant, the embedder or Redis unreachable, or refused credentials: exit 3
+    │   └── EmbedAuth          the embedding API refused the key (401/403)
+    ├── DocumentError          one document cannot be synced; recorded as failed, others go on
+    │   └── EmbedRejected      the embedding API rejected this document's text (400/413/422)
+    ├── EmbedTransient         connection error, timeout, 408/429/5xx: retried, never fatal to a document
+    └── StoreError             Qdrant answered with an error for a write or query
+
+Each module translates the exceptions of the library it wraps at its edge, so nothing
+above `store/`, `embedders/` or `state.py` catches a library's own exception types.
+"""
+
+
+class SyncdError(Exception):
+    """Base of every error syncd raises on purpose."""
+
+
+class ConfigError(SyncdError):
+    """The configuration or the command line is wrong; the message names the key."""
+
+
+class StoreMismatch(ConfigError):
+    """The collection exists with another vector size or embedder model."""
+
+
+class BackendUnavailable(SyncdError):
+    """A required backend cannot be reached or refused the credentials."""
+
+
+class EmbedAuth(BackendUnavailable):
+    """The embedding API refused the key."""
+
+
+class DocumentError(SyncdError):
+    """One document cannot be synced; the message is the reason shown by `status`."""
+
+
+class EmbedRejected(DocumentError):
+    """The embedding API rejected a text of this document."""
+
+
+class EmbedTransient(SyncdError):
+    """A failure of the embedding API that is worth retrying."""
+
+
+class StoreError(SyncdError):
+    """Qdrant answered a request with an error."""

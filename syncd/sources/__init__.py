@@ -1,0 +1,1 @@
+"""Where documents come from: folders (scan and watch) and, later, queues."""

@@ -1,0 +1,104 @@
+"""Scan a folder tree: which included files exist, with their size and mtime.
+
+Only `stat` is called here; contents are read by the engine, and only for files whose
+size or mtime differ from what the state recorded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from wcmatch import glob
+
+from syncd.config import FolderSource
+from syncd.errors import ConfigError
+
+log = structlog.get_logger()
+
+# A directory is pruned when an exclude pattern matches any name inside it.
+_ANY_CHILD = "\x00syncd-any-child"
+
+
+@dataclass(frozen=True)
+class FileStat:
+    size: int
+    mtime_ns: int
+
+
+class Matcher:
+    def __init__(self, include: list[str], exclude: list[str]) -> None:
+        self._include = glob.compile(include, flags=glob.GLOBSTAR)
+        self._exclude = glob.compile(exclude, flags=glob.GLOBSTAR) if exclude else None
+
+    def included(self, rel: str) -> bool:
+        return self._include.match(rel) and not self.excluded(rel)
+
+    def excluded(self, rel: str) -> bool:
+        return self._exclude is not None and self._exclude.match(rel)
+
+    def prunes(self, rel_dir: str) -> bool:
+        return self.excluded(f"{rel_dir}/{_ANY_CHILD}")
+
+
+def scan(source: FolderSource) -> dict[str, FileStat]:
+    """Relative POSIX path → stat of every included regular file under the source root.
+
+    Symlinks are followed only while they stay inside the root, and each real directory
+    is visited once, so links out of the tree and link loops are skipped.
+    """
+    root = source.path
+    if not root.is_dir():
+        raise ConfigError(f"sources.{source.name}.path: {root} is not a directory")
+    real_root = root.resolve()
+    matcher = Matcher(source.include, source.exclude)
+    found: dict[str, FileStat] = {}
+    seen_dirs = {real_root}
+    stack: list[tuple[Path, str]] = [(root, "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as e:
+            log.warning("directory_unreadable", source=source.name, path=prefix or ".", error=e.strerror)
+            continue
+        for entry in entries:
+            rel = f"{prefix}{entry.name}"
+            if not _printable(rel):
+                log.warning("path_not_utf8_skipped", source=source.name, path=repr(rel))
+                continue
+            try:
+                if entry.is_symlink() and not _inside(Path(entry.path), real_root):
+                    continue
+                if entry.is_dir():
+                    real = Path(entry.path).resolve()
+                    if real not in seen_dirs and not matcher.prunes(rel):
+                        seen_dirs.add(real)
+                        stack.append((Path(entry.path), f"{rel}/"))
+                elif entry.is_file() and matcher.included(rel):
+                    st = entry.stat()
+                    found[rel] = FileStat(st.st_size, st.st_mtime_ns)
+            except OSError:
+                continue  # vanished or unreadable between listing and stat: absent this scan
+    return found
+
+
+def _inside(link: Path, real_root: Path) -> bool:
+    try:
+        return link.resolve(strict=True).is_relative_to(real_root)
+    except (OSError, RuntimeError):  # dangling link or a loop of links
+        return False
+
+
+def _printable(rel: str) -> bool:
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def read(source: FolderSource, rel: str) -> bytes:
+    return (source.path / rel).read_bytes()

@@ -1,0 +1,238 @@
+"""Everything SQLite: schema, migrations and the queries syncd makes of its own state.
+
+A document row is written only after its points are in Qdrant, so after a crash the
+state never claims more than the store holds; the engine repairs the other direction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from syncd.errors import ConfigError
+
+# Ordered and append-only: PRAGMA user_version records how many have run.
+MIGRATIONS = [
+    """
+    CREATE TABLE documents (
+        source TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        doc_hash TEXT,
+        chunk_count INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL CHECK (status IN ('done', 'failed', 'skipped')),
+        error TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        synced_at REAL NOT NULL,
+        PRIMARY KEY (source, path)
+    ) WITHOUT ROWID;
+    CREATE TABLE chunks (
+        source TEXT NOT NULL,
+        path TEXT NOT NULL,
+        chunk_index INTEGER NOT NULL,
+        chunk_hash TEXT NOT NULL,
+        PRIMARY KEY (source, path, chunk_index)
+    ) WITHOUT ROWID;
+    CREATE INDEX chunks_by_hash ON chunks (chunk_hash);
+    -- Vectors of chunk texts already embedded, so an unchanged text is never sent again.
+    CREATE TABLE vectors (
+        chunk_hash TEXT PRIMARY KEY,
+        vector BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE sources (
+        name TEXT PRIMARY KEY,
+        last_sync REAL,
+        pending INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    """,
+]
+
+
+@dataclass(frozen=True)
+class DocRow:
+    source: str
+    path: str
+    size: int
+    mtime_ns: int
+    doc_hash: str | None
+    chunk_count: int
+    status: str
+    error: str | None
+    attempts: int
+    synced_at: float
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    name: str
+    documents: int
+    chunks: int
+    failed: list[DocRow]
+    skipped: int
+    pending: int
+    last_sync: float | None
+
+
+class State:
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=10000")
+            self._migrate()
+        except (OSError, sqlite3.Error) as e:
+            raise ConfigError(f"state.path: cannot open {path}: {e}") from e
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _migrate(self) -> None:
+        done = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[done:], start=done + 1):
+            with self.transaction():
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={number}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- the embedder the vectors belong to ---------------------------------------------
+
+    def use_embedder(self, model_id: str) -> None:
+        """Forget cached vectors made by another embedder."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='embedder'").fetchone()
+        if row and row[0] == model_id:
+            return
+        with self.transaction() as db:
+            db.execute("DELETE FROM vectors")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('embedder', ?)", (model_id,))
+
+    # -- documents ----------------------------------------------------------------------
+
+    def documents(self, source: str) -> dict[str, DocRow]:
+        rows = self.db.execute("SELECT * FROM documents WHERE source=?", (source,))
+        return {r[1]: DocRow(*r) for r in rows}
+
+    def chunk_hashes(self, source: str, path: str) -> list[str]:
+        rows = self.db.execute(
+            "SELECT chunk_hash FROM chunks WHERE source=? AND path=? ORDER BY chunk_index",
+            (source, path),
+        )
+        return [r[0] for r in rows]
+
+    def record_synced(
+        self, source: str, path: str, size: int, mtime_ns: int, doc_hash: str, hashes: list[str]
+    ) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM chunks WHERE source=? AND path=?", (source, path))
+            db.executemany(
+                "INSERT INTO chunks VALUES (?, ?, ?, ?)",
+                [(source, path, i, h) for i, h in enumerate(hashes)],
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?, 'done', NULL, 0, ?)",
+                (source, path, size, mtime_ns, doc_hash, len(hashes), time.time()),
+            )
+
+    def record_problem(
+        self, source: str, path: str, size: int, mtime_ns: int, status: str, reason: str
+    ) -> None:
+        """A failed or skipped document: it has no points, and says why."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM chunks WHERE source=? AND path=?", (source, path))
+            db.execute(
+                """INSERT INTO documents VALUES (?, ?, ?, ?, NULL, 0, ?, ?, 1, ?)
+                   ON CONFLICT (source, path) DO UPDATE SET size=excluded.size,
+                   mtime_ns=excluded.mtime_ns, doc_hash=NULL, chunk_count=0,
+                   status=excluded.status, error=excluded.error,
+                   attempts=documents.attempts + 1, synced_at=excluded.synced_at""",
+                (source, path, size, mtime_ns, status, reason, time.time()),
+            )
+
+    def touch(self, source: str, path: str, size: int, mtime_ns: int) -> None:
+        """Same bytes, new size/mtime record (e.g. a `touch`): nothing to re-read next time."""
+        self.db.execute(
+            "UPDATE documents SET size=?, mtime_ns=? WHERE source=? AND path=?",
+            (size, mtime_ns, source, path),
+        )
+
+    def forget(self, source: str, paths: Iterable[str]) -> None:
+        keys = [(source, p) for p in paths]
+        with self.transaction() as db:
+            db.executemany("DELETE FROM chunks WHERE source=? AND path=?", keys)
+            db.executemany("DELETE FROM documents WHERE source=? AND path=?", keys)
+
+    def set_pending(self, source: str, pending: int, synced: bool = False) -> None:
+        """How many documents wait to be synced; `synced` also stamps a completed sync."""
+        self.db.execute(
+            """INSERT INTO sources VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET
+               pending=excluded.pending, last_sync=coalesce(excluded.last_sync, sources.last_sync)""",
+            (source, time.time() if synced else None, pending),
+        )
+
+    # -- vectors --------------------------------------------------------------------------
+
+    def vectors(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        keys = list(set(hashes))
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            rows = self.db.execute(
+                f"SELECT chunk_hash, vector FROM vectors WHERE chunk_hash IN ({','.join('?' * len(part))})",
+                part,
+            )
+            found.update((h, np.frombuffer(v, dtype=np.float32)) for h, v in rows)
+        return found
+
+    def add_vectors(self, vectors: dict[str, np.ndarray]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+                [(h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()],
+            )
+
+    def drop_unused_vectors(self) -> int:
+        cur = self.db.execute(
+            "DELETE FROM vectors WHERE chunk_hash NOT IN (SELECT chunk_hash FROM chunks)"
+        )
+        return cur.rowcount
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def status(self, source: str) -> SourceStatus:
+        docs, chunks = self.db.execute(
+            "SELECT count(*), coalesce(sum(chunk_count), 0) FROM documents WHERE source=? AND status='done'",
+            (source,),
+        ).fetchone()
+        skipped = self.db.execute(
+            "SELECT count(*) FROM documents WHERE source=? AND status='skipped'", (source,)
+        ).fetchone()[0]
+        failed = [
+            DocRow(*r)
+            for r in self.db.execute(
+                "SELECT * FROM documents WHERE source=? AND status='failed' ORDER BY path", (source,)
+            )
+        ]
+        row = self.db.execute(
+            "SELECT pending, last_sync FROM sources WHERE name=?", (source,)
+        ).fetchone() or (0, None)
+        return SourceStatus(source, docs, chunks, failed, skipped, *row)
