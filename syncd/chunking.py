@@ -34,7 +34,9 @@ def chunk_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def chunk_text(text: str, max_chars: int, overlap_chars: int, markdown: bool = False) -> list[Chunk]:
+def chunk_text(
+    text: str, max_chars: int, overlap_chars: int, markdown: bool = False
+) -> list[Chunk]:
     budget = max_chars - overlap_chars
     bodies = _pack(_paragraphs(text, budget), budget, markdown)
     chunks = []

@@ -86,7 +86,10 @@ class Log(Section):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="SYNCD_", env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True
+        env_prefix="SYNCD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
     )
 
     sources: Annotated[list[FolderSource], Field(min_length=1)]
@@ -132,7 +135,9 @@ class Settings(BaseSettings):
         for s in self.sources:
             if s.name == name:
                 return s
-        raise ConfigError(f"--source: no source named {name!r} (have: {[s.name for s in self.sources]})")
+        raise ConfigError(
+            f"--source: no source named {name!r} (have: {[s.name for s in self.sources]})"
+        )
 
 
 def default_config_path() -> Path:
@@ -188,9 +193,14 @@ def api_key(embedder: Embedder) -> tuple[str | None, str]:
         return embedder.api_key.get_secret_value(), "embedder.api_key"
     if embedder.api_key_file is not None:
         try:
-            return embedder.api_key_file.read_text().strip(), f"embedder.api_key_file ({embedder.api_key_file})"
+            return (
+                embedder.api_key_file.read_text().strip(),
+                f"embedder.api_key_file ({embedder.api_key_file})",
+            )
         except OSError as e:
-            raise ConfigError(f"embedder.api_key_file: {embedder.api_key_file}: {e.strerror}") from e
+            raise ConfigError(
+                f"embedder.api_key_file: {embedder.api_key_file}: {e.strerror}"
+            ) from e
     var = {"ai21": "AI21_API_KEY", "openai": "OPENAI_API_KEY"}.get(embedder.provider)
     if var and os.environ.get(var):
         return os.environ[var], var

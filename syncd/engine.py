@@ -46,8 +46,13 @@ class Plan:
     points: dict[str, int] = field(repr=False)
 
     def summary(self) -> dict[str, object]:
-        return {"source": self.source, "add": self.add, "update": self.update,
-                "delete": self.delete, "unchanged": self.unchanged}
+        return {
+            "source": self.source,
+            "add": self.add,
+            "update": self.update,
+            "delete": self.delete,
+            "unchanged": self.unchanged,
+        }
 
 
 @dataclass
@@ -95,8 +100,14 @@ class _Prepared:
 
 
 class Engine:
-    def __init__(self, settings: Settings, state: State, store: Store | None, embedder: Embedder | None,
-                 progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        state: State,
+        store: Store | None,
+        embedder: Embedder | None,
+        progress: Progress | None = None,
+    ) -> None:
         self.settings = settings
         self.state = state
         self.store = store
@@ -140,8 +151,14 @@ class Engine:
         plan = self.plan(source, force)
         self.state.set_pending(source.name, len(plan.add) + len(plan.update) + len(plan.delete))
         self.progress.documents_total += len(plan.add) + len(plan.update) + len(plan.delete)
-        log.info("reconcile_planned", source=source.name, add=len(plan.add),
-                 update=len(plan.update), delete=len(plan.delete), unchanged=plan.unchanged)
+        log.info(
+            "reconcile_planned",
+            source=source.name,
+            add=len(plan.add),
+            update=len(plan.update),
+            delete=len(plan.delete),
+            unchanged=plan.unchanged,
+        )
         report = Report(unchanged=plan.unchanged)
         self._delete(source.name, plan.delete, report)
         known = self.state.documents(source.name)
@@ -163,13 +180,26 @@ class Engine:
             report.deleted += len(part)
             self.progress.advance(documents=len(part))
 
-    async def _prepare(self, source: FolderSource, plan: Plan, path: str, doc: DocRow | None,
-                       force: bool, report: Report) -> _Prepared | None:
+    async def _prepare(
+        self,
+        source: FolderSource,
+        plan: Plan,
+        path: str,
+        doc: DocRow | None,
+        force: bool,
+        report: Report,
+    ) -> _Prepared | None:
         """Read, hash, extract and chunk one file; record it as failed or skipped if it must be."""
         stat = plan.stats[path]
         if stat.size > source.max_file_bytes:
-            self._problem(source.name, path, stat, "skipped",
-                          f"larger than max_file_bytes ({stat.size} > {source.max_file_bytes})", report)
+            self._problem(
+                source.name,
+                path,
+                stat,
+                "skipped",
+                f"larger than max_file_bytes ({stat.size} > {source.max_file_bytes})",
+                report,
+            )
             return None
         try:
             data = await asyncio.to_thread(folder.read, source, path)
@@ -181,8 +211,13 @@ class Engine:
             self._problem(source.name, path, stat, "failed", f"unreadable: {e.strerror}", report)
             return None
         doc_hash = hashlib.sha256(data).hexdigest()
-        if (not force and doc is not None and doc.status == "done" and doc.doc_hash == doc_hash
-                and plan.points.get(path, 0) == doc.chunk_count):
+        if (
+            not force
+            and doc is not None
+            and doc.status == "done"
+            and doc.doc_hash == doc_hash
+            and plan.points.get(path, 0) == doc.chunk_count
+        ):
             self.state.touch(source.name, path, stat.size, stat.mtime_ns)
             report.unchanged += 1
             self.progress.advance(documents=1)
@@ -193,11 +228,14 @@ class Engine:
             self._problem(source.name, path, stat, "failed", str(e), report)
             return None
         chunking = self.settings.chunking
-        chunks = chunk_text(extracted.text, chunking.max_chars, chunking.overlap_chars, extracted.is_markdown)
+        chunks = chunk_text(
+            extracted.text, chunking.max_chars, chunking.overlap_chars, extracted.is_markdown
+        )
         return _Prepared(source.name, path, stat, doc_hash, extracted, chunks, doc is None)
 
-    def _problem(self, source: str, path: str, stat: FileStat, status: str, reason: str,
-                 report: Report) -> None:
+    def _problem(
+        self, source: str, path: str, stat: FileStat, status: str, reason: str, report: Report
+    ) -> None:
         self.store.delete_documents(source, [path])
         self.state.record_problem(source, path, stat.size, stat.mtime_ns, status, reason)
         if status == "failed":
@@ -211,7 +249,11 @@ class Engine:
 
     async def _enqueue(self, prepared: _Prepared, force: bool, report: Report) -> None:
         """Queue a document's texts for embedding; embed once there is a full round of batches."""
-        missing = [c.hash for c in prepared.chunks if c.hash not in self._vectors and c.hash not in self._to_embed]
+        missing = [
+            c.hash
+            for c in prepared.chunks
+            if c.hash not in self._vectors and c.hash not in self._to_embed
+        ]
         if not force:
             self._vectors.update(self.state.vectors(missing))
         for c in prepared.chunks:
@@ -234,7 +276,11 @@ class Engine:
         results = await asyncio.gather(
             *(self.embedder.embed([self._to_embed[h] for h in b], "document") for b in batches)
         )
-        fresh = {h: v for b, vectors in zip(batches, results, strict=True) for h, v in zip(b, vectors, strict=True)}
+        fresh = {
+            h: v
+            for b, vectors in zip(batches, results, strict=True)
+            for h, v in zip(b, vectors, strict=True)
+        }
         self.state.add_vectors(fresh)
         self._vectors.update(fresh)
         for h in hashes:
@@ -253,8 +299,14 @@ class Engine:
             self.store.upsert(points[i : i + 1000])
         for p in ready:
             self.store.trim(p.source, p.path, len(p.chunks))
-            self.state.record_synced(p.source, p.path, p.stat.size, p.stat.mtime_ns, p.doc_hash,
-                                     [c.hash for c in p.chunks])
+            self.state.record_synced(
+                p.source,
+                p.path,
+                p.stat.size,
+                p.stat.mtime_ns,
+                p.doc_hash,
+                [c.hash for c in p.chunks],
+            )
             if p.is_new:
                 report.added += 1
             else:
@@ -264,14 +316,23 @@ class Engine:
         self._vectors = {h: v for h, v in self._vectors.items() if h in needed}
 
     def _points(self, p: _Prepared) -> list[PointData]:
-        base = {"source": p.source, "path": p.path, "chunk_count": len(p.chunks),
-                "doc_hash": p.doc_hash, "mtime": p.stat.mtime_ns / 1e9,
-                "metadata": p.doc.metadata, "format": p.doc.format}
+        base = {
+            "source": p.source,
+            "path": p.path,
+            "chunk_count": len(p.chunks),
+            "doc_hash": p.doc_hash,
+            "mtime": p.stat.mtime_ns / 1e9,
+            "metadata": p.doc.metadata,
+            "format": p.doc.format,
+        }
         if p.doc.title:
             base["title"] = p.doc.title
         return [
-            PointData(point_id(p.source, p.path, i), self._vectors[c.hash],
-                      {**base, "chunk_index": i, "text": c.text, "chunk_hash": c.hash})
+            PointData(
+                point_id(p.source, p.path, i),
+                self._vectors[c.hash],
+                {**base, "chunk_index": i, "text": c.text, "chunk_hash": c.hash},
+            )
             for i, c in enumerate(p.chunks)
         ]
 
@@ -289,16 +350,23 @@ def _counts(report: Report) -> dict[str, object]:
 
 
 @asynccontextmanager
-async def opened(settings: Settings, rebuild: bool = False, create: bool = True,
-                 progress: Progress | None = None) -> AsyncIterator[Engine]:
+async def opened(
+    settings: Settings,
+    rebuild: bool = False,
+    create: bool = True,
+    progress: Progress | None = None,
+    embedder: Embedder | None = None,
+) -> AsyncIterator[Engine]:
     """State, embedder and store for one command, closed in reverse order however it ends.
 
     With `create` false a missing collection is not made (`engine.store` is None then).
+    An `embedder` passed in is the caller's to close.
     """
     state = State(settings.state.path)
-    embedder = store = None
+    own = store = None
     try:
-        embedder = make_embedder(settings.embedder)
+        if embedder is None:
+            embedder = own = make_embedder(settings.embedder)
         state.use_embedder(embedder.model_id)
         identity = Identity(embedder.model_id, embedder.dimension)
         store = open_store(settings.qdrant, identity, rebuild=rebuild, create=create)
@@ -306,6 +374,6 @@ async def opened(settings: Settings, rebuild: bool = False, create: bool = True,
     finally:
         if store is not None:
             store.close()
-        if embedder is not None:
-            await embedder.aclose()
+        if own is not None:
+            await own.aclose()
         state.close()

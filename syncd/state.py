@@ -229,7 +229,8 @@ class State:
         failed = [
             DocRow(*r)
             for r in self.db.execute(
-                "SELECT * FROM documents WHERE source=? AND status='failed' ORDER BY path", (source,)
+                "SELECT * FROM documents WHERE source=? AND status='failed' ORDER BY path",
+                (source,),
             )
         ]
         row = self.db.execute(

@@ -62,7 +62,9 @@ def scan(source: FolderSource) -> dict[str, FileStat]:
         try:
             entries = list(os.scandir(directory))
         except OSError as e:
-            log.warning("directory_unreadable", source=source.name, path=prefix or ".", error=e.strerror)
+            log.warning(
+                "directory_unreadable", source=source.name, path=prefix or ".", error=e.strerror
+            )
             continue
         for entry in entries:
             rel = f"{prefix}{entry.name}"

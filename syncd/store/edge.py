@@ -45,9 +45,14 @@ class EdgeStore:
             )
             shard = _call(qe.EdgeShard.create, str(path), config)
             for field in INDEXED_FIELDS:
-                _call(shard.update, qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+                _call(
+                    shard.update,
+                    qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword),
+                )
             _call(shard.flush)
-            marker.write_text(json.dumps({"model": identity.model, "dimension": identity.dimension}))
+            marker.write_text(
+                json.dumps({"model": identity.model, "dimension": identity.dimension})
+            )
             return cls(shard)
         return cls(_call(qe.EdgeShard.load, str(path)))
 
@@ -57,7 +62,9 @@ class EdgeStore:
 
     def delete_documents(self, source: str, paths: list[str]) -> None:
         if paths:
-            where = qe.Filter(must=[_source_is(source), qe.FieldCondition("path", match=qe.MatchAny(paths))])
+            where = qe.Filter(
+                must=[_source_is(source), qe.FieldCondition("path", match=qe.MatchAny(paths))]
+            )
             _call(self._shard.update, qe.UpdateOperation.delete_points_by_filter(where))
 
     def trim(self, source: str, path: str, keep: int) -> None:

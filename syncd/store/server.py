@@ -31,7 +31,11 @@ class ServerStore:
         cls, config: QdrantConfig, identity: Identity, rebuild: bool, create: bool
     ) -> ServerStore | None:
         key = config.api_key.get_secret_value() if config.api_key else None
-        client = QdrantClient(location=config.url, api_key=key) if config.url == ":memory:" else QdrantClient(url=config.url, api_key=key)
+        client = (
+            QdrantClient(location=config.url, api_key=key)
+            if config.url == ":memory:"
+            else QdrantClient(url=config.url, api_key=key)
+        )
         store = cls(client, config.collection)
         return store if store.ensure(identity, rebuild, create) else None
 
@@ -63,19 +67,25 @@ class ServerStore:
         return True
 
     def upsert(self, points: list[PointData]) -> None:
-        structs = [m.PointStruct(id=p.id, vector=p.vector.tolist(), payload=p.payload) for p in points]
+        structs = [
+            m.PointStruct(id=p.id, vector=p.vector.tolist(), payload=p.payload) for p in points
+        ]
         with _translated():
             self._client.upsert(self._collection, structs, wait=True)
 
     def _delete(self, *conditions: m.FieldCondition) -> None:
         with _translated():
             self._client.delete(
-                self._collection, m.FilterSelector(filter=m.Filter(must=list(conditions))), wait=True
+                self._collection,
+                m.FilterSelector(filter=m.Filter(must=list(conditions))),
+                wait=True,
             )
 
     def delete_documents(self, source: str, paths: list[str]) -> None:
         if paths:
-            self._delete(_source_is(source), m.FieldCondition(key="path", match=m.MatchAny(any=paths)))
+            self._delete(
+                _source_is(source), m.FieldCondition(key="path", match=m.MatchAny(any=paths))
+            )
 
     def trim(self, source: str, path: str, keep: int) -> None:
         self._delete(
@@ -87,7 +97,10 @@ class ServerStore:
     def chunk_counts(self, source: str) -> dict[str, int]:
         with _translated():
             result = self._client.facet(
-                self._collection, key="path", limit=_FACET_LIMIT, exact=True,
+                self._collection,
+                key="path",
+                limit=_FACET_LIMIT,
+                exact=True,
                 facet_filter=m.Filter(must=[_source_is(source)]),
             )
         return {str(h.value): h.count for h in result.hits}
@@ -95,7 +108,10 @@ class ServerStore:
     def search(self, vector: np.ndarray, limit: int, source: str | None) -> list[Hit]:
         with _translated():
             result = self._client.query_points(
-                self._collection, query=vector.tolist(), limit=limit, with_payload=True,
+                self._collection,
+                query=vector.tolist(),
+                limit=limit,
+                with_payload=True,
                 query_filter=m.Filter(must=[_source_is(source)]) if source else None,
             )
         return [Hit(p.score, p.payload or {}) for p in result.points]
@@ -115,7 +131,9 @@ class _translated:
             return False
         if isinstance(error, UnexpectedResponse):
             if error.status_code in (401, 403):
-                raise BackendUnavailable(f"Qdrant refused the credentials (HTTP {error.status_code}); check qdrant.api_key") from error
+                raise BackendUnavailable(
+                    f"Qdrant refused the credentials (HTTP {error.status_code}); check qdrant.api_key"
+                ) from error
             if error.status_code >= 500:
                 raise BackendUnavailable(f"Qdrant answered HTTP {error.status_code}") from error
             raise StoreError(f"Qdrant: HTTP {error.status_code}: {error.content!r}") from error

@@ -1,0 +1,116 @@
+"""Factories for real parts: config files under tmp_path, the local embedder, Qdrant Edge."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import qdrant_edge as qe
+import yaml
+
+from syncd.config import Embedder as EmbedderConfig
+from syncd.config import Settings, load_config
+from syncd.embedders import Kind
+from syncd.embedders.local import LocalEmbedder
+from syncd.engine import Report, opened
+
+
+class CountingEmbedder:
+    """The real local model, counting the texts it is asked to embed."""
+
+    def __init__(self, inner: LocalEmbedder) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.dimension = inner.dimension
+        self.max_batch = inner.max_batch
+        self.texts: list[str] = []
+        self.requests = 0
+
+    async def embed(self, texts: list[str], kind: Kind) -> np.ndarray:
+        self.texts.extend(texts)
+        self.requests += 1
+        return await self.inner.embed(texts, kind)
+
+    async def aclose(self) -> None:
+        return None
+
+    def reset(self) -> None:
+        self.texts.clear()
+        self.requests = 0
+
+
+@pytest.fixture(scope="session")
+def local_model() -> LocalEmbedder:
+    return LocalEmbedder(EmbedderConfig())
+
+
+@pytest.fixture
+def embedder(local_model: LocalEmbedder) -> CountingEmbedder:
+    return CountingEmbedder(local_model)
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    root = tmp_path / "docs"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, docs: Path) -> Callable[..., Path]:
+    """Write a config.yaml beside the docs folder; keyword sections override the defaults."""
+
+    def make(**sections: Any) -> Path:
+        data: dict[str, Any] = {
+            "sources": [{"name": "docs", "path": "./docs"}],
+            "server": {"listen": ""},
+        }
+        data.update(sections)
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return make
+
+
+@pytest.fixture
+def settings(make_config: Callable[..., Path]) -> Settings:
+    return load_config(make_config())
+
+
+@pytest.fixture
+def resync(embedder: CountingEmbedder) -> Callable[..., Report]:
+    """Run one in-process resync of every source with the counting embedder."""
+
+    def run(settings: Settings, force: bool = False) -> Report:
+        async def go() -> Report:
+            total = Report()
+            async with opened(settings, rebuild=force, embedder=embedder) as engine:
+                for source in settings.sources:
+                    total.merge(await engine.reconcile(source, force))
+            return total
+
+        return asyncio.run(go())
+
+    return run
+
+
+def points(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Every point of the embedded collection, read with Qdrant Edge itself: id → payload."""
+    shard = qe.EdgeShard.load(str(settings.qdrant.path / settings.qdrant.collection))
+    try:
+        out: dict[str, dict[str, Any]] = {}
+        offset = None
+        while True:
+            records, offset = shard.scroll(
+                qe.ScrollRequest(offset=offset, limit=1000, with_payload=True)
+            )
+            out.update((str(r.id), r.payload) for r in records)
+            if offset is None:
+                return out
+    finally:
+        shard.close()

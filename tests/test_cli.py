@@ -1,0 +1,121 @@
+"""The installed command, run as a user would: subprocesses, exit codes, stdout and stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import qdrant_edge as qe
+
+import syncd
+
+
+def syncd_cmd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture
+def project(docs: Path, make_config) -> Path:
+    (docs / "bread.md").write_text(
+        "---\ntitle: Sourdough\n---\n# Sourdough\n\nFeed the starter with flour and water every day.\n"
+    )
+    (docs / "tides.txt").write_text("The moon's gravity raises the tides twice a day.\n")
+    make_config()
+    return docs.parent
+
+
+def test_version(project):
+    out = syncd_cmd("--version", cwd=project)
+    assert out.returncode == 0 and out.stdout.strip() == f"syncd {syncd.__version__}"
+
+
+def test_resync_status_and_search(project):
+    out = syncd_cmd("resync", cwd=project)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("added 2, updated 0, deleted 0")
+
+    status = json.loads(syncd_cmd("status", "--json", cwd=project).stdout)
+    (docs,) = status["sources"]
+    assert (docs["name"], docs["documents"], docs["pending"], docs["failed"]) == ("docs", 2, 0, [])
+    assert docs["chunks"] == 2 and docs["last_sync"]
+
+    found = syncd_cmd(
+        "search", "how do I feed a sourdough starter", "--json", "--limit", "1", cwd=project
+    )
+    (hit,) = json.loads(found.stdout)["hits"]
+    assert (hit["path"], hit["source"], hit["chunk_index"], hit["title"]) == (
+        "bread.md",
+        "docs",
+        0,
+        "Sourdough",
+    )
+
+    text = syncd_cmd("search", "ocean tides and the moon", cwd=project)
+    assert text.returncode == 0 and text.stdout.splitlines()[0].split()[1] == "docs/tides.txt"
+
+
+def test_resync_json_is_one_clean_document_on_stdout(project):
+    out = syncd_cmd("resync", "--json", cwd=project)
+    report = json.loads(out.stdout)
+    assert (report["added"], report["failed"], report["texts_embedded"]) == (2, 0, 2)
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(project):
+    out = syncd_cmd("resync", "--dry-run", cwd=project)
+    assert out.returncode == 0
+    assert "2 to add" in out.stdout and "  add    bread.md" in out.stdout
+    assert not (project / ".syncd" / "qdrant" / "syncd").exists()
+    assert (
+        json.loads(syncd_cmd("status", "--json", cwd=project).stdout)["sources"][0]["documents"]
+        == 0
+    )
+
+
+def test_failed_document_gives_exit_1_and_is_listed(project):
+    (project / "docs" / "photo.txt").write_bytes(b"\xff\xd8\xff\x00\x10JFIF")
+    out = syncd_cmd("resync", cwd=project)
+    assert out.returncode == 1
+    assert "failed: docs/photo.txt: binary file" in out.stderr
+    status = syncd_cmd("status", cwd=project)
+    assert "failed photo.txt: binary file (contains NUL bytes)" in status.stdout
+
+
+def test_bad_config_exits_2_naming_the_key(project):
+    (project / "config.yaml").write_text(
+        "sources: [{name: docs, path: ./docs}]\nembedder: {batch_sise: 3}\n"
+    )
+    out = syncd_cmd("resync", cwd=project)
+    assert out.returncode == 2
+    assert "embedder.batch_sise" in out.stderr and out.stderr.startswith("Error: ")
+
+
+def test_collection_of_another_embedder_exits_2_with_the_fix(project):
+    shard = project / ".syncd" / "qdrant" / "syncd"
+    qe.EdgeShard.create(
+        str(shard), qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=8, distance=qe.Distance.Cosine))
+    ).close()
+    out = syncd_cmd("resync", cwd=project)
+    assert out.returncode == 2 and "resync --force" in out.stderr
+    forced = syncd_cmd("resync", "--force", cwd=project)
+    assert forced.returncode == 0, forced.stderr
+    assert syncd_cmd("resync", cwd=project).returncode == 0
+
+
+def test_store_held_by_another_process_exits_3(project):
+    assert syncd_cmd("resync", cwd=project).returncode == 0
+    holder = qe.EdgeShard.load(str(project / ".syncd" / "qdrant" / "syncd"))
+    try:
+        out = syncd_cmd("search", "tides", cwd=project)
+    finally:
+        holder.close()
+    assert out.returncode == 3 and "in use by another syncd process" in out.stderr
+
+
+def test_unknown_source_is_a_usage_error(project):
+    out = syncd_cmd("resync", "--source", "nope", cwd=project)
+    assert out.returncode == 2 and "nope" in out.stderr

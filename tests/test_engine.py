@@ -1,0 +1,286 @@
+"""Reconcile: the collection ends exactly equal to the chunks of the current files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from conftest import points
+
+from syncd.chunking import chunk_text
+from syncd.config import Settings, load_config
+from syncd.extract import extract
+from syncd.sources import folder
+from syncd.store import point_id
+
+
+def paragraph(topic: str, n: int) -> str:
+    return (
+        f"Paragraph {n} on {topic}. It explains one idea about {topic} in plain words, "
+        f"gives an example numbered {n * 7}, and ends with a short remark about {topic}."
+    )
+
+
+def write(root: Path, rel: str, text: str) -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def expected(settings: Settings) -> dict[str, dict]:
+    """id → the payload fields every point must carry, from the files as they are now."""
+    out = {}
+    for source in settings.sources:
+        for rel in folder.scan(source):
+            data = (source.path / rel).read_bytes()
+            doc = extract(rel, data)
+            chunks = chunk_text(
+                doc.text,
+                settings.chunking.max_chars,
+                settings.chunking.overlap_chars,
+                doc.is_markdown,
+            )
+            for i, c in enumerate(chunks):
+                out[point_id(source.name, rel, i)] = {
+                    "source": source.name,
+                    "path": rel,
+                    "chunk_index": i,
+                    "chunk_count": len(chunks),
+                    "text": c.text,
+                    "chunk_hash": c.hash,
+                    "doc_hash": hashlib.sha256(data).hexdigest(),
+                    "format": doc.format,
+                    "metadata": doc.metadata,
+                }
+    return out
+
+
+def assert_mirrors(settings: Settings) -> None:
+    actual = points(settings)
+    want = expected(settings)
+    assert set(actual) == set(want)
+    for pid, fields in want.items():
+        assert {k: actual[pid][k] for k in fields} == fields
+
+
+@pytest.fixture
+def corpus(docs: Path) -> Path:
+    for t in ("tides", "bees", "glass"):
+        write(docs, f"{t}.md", f"# {t}\n\n" + "\n\n".join(paragraph(t, n) for n in range(6)))
+    write(docs, "notes/plain.txt", "\n\n".join(paragraph("maps", n) for n in range(3)))
+    return docs
+
+
+def test_first_sync_mirrors_every_chunk_with_its_payload(corpus, settings, resync):
+    report = resync(settings)
+    assert report.added == 4 and report.failed == 0
+    assert_mirrors(settings)
+    some = next(iter(points(settings).values()))
+    assert {"mtime", "metadata", "format", "doc_hash"} <= some.keys()
+
+
+def test_second_resync_embeds_nothing_and_reads_no_file(
+    corpus, settings, resync, embedder, monkeypatch
+):
+    resync(settings)
+    embedder.reset()
+    reads = []
+    monkeypatch.setattr(folder, "read", lambda s, rel: reads.append(rel) or b"")
+    report = resync(settings)
+    assert (report.unchanged, report.texts_embedded, embedder.texts, reads) == (4, 0, [], [])
+    assert_mirrors(settings)
+
+
+def test_modified_file_replaces_its_chunks(corpus, settings, resync):
+    resync(settings)
+    write(corpus, "tides.md", "# tides\n\nOnly one short paragraph now.")
+    report = resync(settings)
+    assert report.updated == 1
+    assert_mirrors(settings)
+    assert sum(p["path"] == "tides.md" for p in points(settings).values()) == 1
+
+
+def test_deleted_file_leaves_no_point(corpus, settings, resync):
+    resync(settings)
+    (corpus / "bees.md").unlink()
+    assert resync(settings).deleted == 1
+    assert_mirrors(settings)
+    assert all(p["path"] != "bees.md" for p in points(settings).values())
+
+
+def test_renamed_file_is_not_reembedded(corpus, settings, resync, embedder):
+    resync(settings)
+    embedder.reset()
+    (corpus / "glass.md").rename(corpus / "notes" / "glass-renamed.md")
+    report = resync(settings)
+    assert (report.added, report.deleted, report.texts_embedded) == (1, 1, 0)
+    assert embedder.texts == []
+    assert_mirrors(settings)
+
+
+def test_exclude_change_removes_excluded_documents(corpus, make_config, resync):
+    resync(load_config(make_config()))
+    narrowed = load_config(
+        make_config(sources=[{"name": "docs", "path": "./docs", "exclude": ["notes/**"]}])
+    )
+    assert resync(narrowed).deleted == 1
+    assert_mirrors(narrowed)
+    assert all(not p["path"].startswith("notes/") for p in points(narrowed).values())
+
+
+def test_file_that_became_empty_has_no_points(corpus, settings, resync):
+    resync(settings)
+    write(corpus, "bees.md", "")
+    resync(settings)
+    assert_mirrors(settings)
+    assert all(p["path"] != "bees.md" for p in points(settings).values())
+
+
+def test_editing_one_paragraph_of_a_30_chunk_document_embeds_at_most_3_texts(
+    docs, settings, resync, embedder
+):
+    paragraphs = [paragraph(f"topic {n % 9}", n) * 2 for n in range(60)]
+    write(docs, "long.md", "\n\n".join(paragraphs))
+    resync(settings)
+    count = len(points(settings))
+    assert count >= 30
+    for n in (3, 17, 31, 48):
+        embedder.reset()
+        paragraphs[n] += " One more sentence was added here by an editor."
+        write(docs, "long.md", "\n\n".join(paragraphs))
+        report = resync(settings)
+        assert report.updated == 1
+        assert 1 <= len(embedder.texts) <= 3, (n, len(embedder.texts))
+        assert_mirrors(settings)
+
+
+def test_front_matter_lands_in_metadata_not_in_text(docs, settings, resync):
+    write(
+        docs, "fm.md", "---\ntitle: Tide tables\ntags: [sea, moon]\n---\nThe moon pulls the sea.\n"
+    )
+    resync(settings)
+    (point,) = points(settings).values()
+    assert point["metadata"] == {"title": "Tide tables", "tags": ["sea", "moon"]}
+    assert point["title"] == "Tide tables"
+    assert "tags:" not in point["text"] and point["text"] == "The moon pulls the sea."
+
+
+def test_bad_inputs_are_recorded_and_the_rest_syncs(corpus, make_config, resync, monkeypatch):
+    settings = load_config(
+        make_config(sources=[{"name": "docs", "path": "./docs", "max_file_bytes": 1_000_000}])
+    )
+    (corpus / "binary.txt").write_bytes(b"\x89PNG\r\n\x00\x00data")
+    (corpus / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (corpus / "empty.txt").write_bytes(b"")
+    (corpus / "huge.txt").write_text("word " * 10_000_000)  # 50 MB
+    write(corpus, "locked.txt", "secret")
+    real_read = folder.read
+
+    def read(source, rel):
+        # The tests run as root, for whom no permission bit denies a read.
+        if rel == "locked.txt":
+            raise PermissionError(13, "Permission denied")
+        return real_read(source, rel)
+
+    monkeypatch.setattr(folder, "read", read)
+    report = resync(settings)
+    reasons = {f["path"]: f["reason"] for f in report.failures}
+    assert reasons == {
+        "binary.txt": "binary file (contains NUL bytes)",
+        "latin1.txt": "invalid UTF-8 at byte 3",
+        "locked.txt": "unreadable: Permission denied",
+    }
+    assert (report.added, report.failed, report.skipped) == (5, 3, 1)
+    paths = {p["path"] for p in points(settings).values()}
+    assert paths == {"tides.md", "bees.md", "glass.md", "notes/plain.txt"}
+
+
+def test_file_vanishing_between_scan_and_read_is_treated_as_deleted(
+    corpus, settings, resync, monkeypatch
+):
+    resync(settings)
+    write(corpus, "tides.md", "changed")
+    real_read = folder.read
+
+    def read(source, rel):
+        if rel == "tides.md":
+            os.unlink(source.path / rel)
+        return real_read(source, rel)
+
+    monkeypatch.setattr(folder, "read", read)
+    report = resync(settings)
+    assert (report.deleted, report.failed) == (1, 0)
+    assert_mirrors(settings)
+
+
+def test_points_unknown_to_the_state_are_removed(corpus, settings, resync, embedder):
+    """A lost or older state file (or a crash before the state commit) must not leave strays."""
+    resync(settings)
+    (corpus / "bees.md").unlink()
+    settings.state.path.unlink()
+    report = resync(settings)
+    assert report.deleted == 1  # found by asking the store, not the state
+    assert_mirrors(settings)
+
+
+def test_points_missing_from_the_store_are_restored_without_embedding(
+    corpus, settings, resync, embedder
+):
+    resync(settings)
+    import qdrant_edge as qe
+
+    shard = qe.EdgeShard.load(str(settings.qdrant.path / settings.qdrant.collection))
+    shard.update(
+        qe.UpdateOperation.delete_points_by_filter(
+            qe.Filter(must=[qe.FieldCondition("path", match=qe.MatchValue("tides.md"))])
+        )
+    )
+    shard.close()
+    embedder.reset()
+    report = resync(settings)
+    assert report.updated == 1 and embedder.texts == []
+    assert_mirrors(settings)
+
+
+def test_force_reembeds_everything(corpus, settings, resync, embedder):
+    resync(settings)
+    embedder.reset()
+    report = resync(settings, force=True)
+    assert report.texts_embedded == len(points(settings)) == len(set(embedder.texts))
+    assert_mirrors(settings)
+
+
+def test_server_store_holds_the_same_points_through_edits(corpus, make_config, embedder):
+    """The production path (qdrant.url) against qdrant-client's in-process Qdrant."""
+    import asyncio
+
+    from syncd.engine import opened
+
+    settings = load_config(make_config(qdrant={"url": ":memory:", "collection": "c"}))
+
+    def server_points(engine) -> dict[str, dict]:
+        records, _ = engine.store._client.scroll("c", limit=10_000, with_payload=True)
+        return {str(r.id): r.payload for r in records}
+
+    async def go() -> None:
+        async with opened(settings, embedder=embedder) as engine:
+            source = settings.sources[0]
+            await engine.reconcile(source)
+            assert server_points(engine).keys() == expected(settings).keys()
+            write(corpus, "tides.md", "# tides\n\nShorter now.")
+            (corpus / "bees.md").rename(corpus / "bees2.md")
+            (corpus / "glass.md").unlink()
+            embedder.reset()
+            report = await engine.reconcile(source)
+            assert (report.added, report.updated, report.deleted) == (1, 1, 2)
+            assert len(embedder.texts) == 1  # only the new text of tides.md
+            want = expected(settings)
+            got = server_points(engine)
+            assert got.keys() == want.keys()
+            for pid, fields in want.items():
+                assert {k: got[pid][k] for k in fields} == fields
+
+    asyncio.run(go())

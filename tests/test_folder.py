@@ -1,0 +1,46 @@
+import os
+
+from syncd.config import FolderSource
+from syncd.sources.folder import scan
+
+
+def source(root, **kw) -> FolderSource:
+    return FolderSource(name="s", path=root, **kw)
+
+
+def touch(root, rel, text="x"):
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+
+
+def test_include_and_exclude_globs_with_posix_relative_paths(tmp_path):
+    for rel in (
+        "a.md",
+        "d/b.md",
+        "d/e/c.txt",
+        "d/skip.py",
+        ".git/x.md",
+        "d/.git/y.md",
+        "drafts/z.md",
+    ):
+        touch(tmp_path, rel)
+    found = scan(source(tmp_path, exclude=["**/.git/**", "drafts/**"]))
+    assert sorted(found) == ["a.md", "d/b.md", "d/e/c.txt"]
+    assert found["a.md"].size == 1
+
+
+def test_symlink_out_of_the_root_is_not_followed(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    touch(outside, "secret.md")
+    touch(root, "in.md")
+    os.symlink(outside, root / "link")
+    os.symlink(outside / "secret.md", root / "file-link.md")
+    assert sorted(scan(source(root))) == ["in.md"]
+
+
+def test_symlink_loops_terminate_and_links_inside_the_root_are_followed(tmp_path):
+    touch(tmp_path, "d/a.md")
+    os.symlink(tmp_path, tmp_path / "d" / "loop")
+    os.symlink(tmp_path / "d" / "a.md", tmp_path / "alias.md")
+    assert sorted(scan(source(tmp_path))) == ["alias.md", "d/a.md"]
