@@ -367,6 +367,7 @@ async def opened(
     try:
         if embedder is None:
             embedder = own = make_embedder(settings.embedder)
+            await embedder.start()
         state.use_embedder(embedder.model_id)
         identity = Identity(embedder.model_id, embedder.dimension)
         store = open_store(settings.qdrant, identity, rebuild=rebuild, create=create)

@@ -30,6 +30,9 @@ class CountingEmbedder:
         self.texts: list[str] = []
         self.requests = 0
 
+    async def start(self) -> None:
+        return None
+
     async def embed(self, texts: list[str], kind: Kind) -> np.ndarray:
         self.texts.extend(texts)
         self.requests += 1

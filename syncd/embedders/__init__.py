@@ -19,8 +19,19 @@ class Embedder(Protocol):
     #: Texts one `embed` call may take.
     max_batch: int
 
+    async def start(self) -> None:
+        """Be ready to embed and know `dimension` (a remote API may be asked once).
+
+        Raises BackendUnavailable (EmbedAuth for a refused key) when it cannot be.
+        """
+        ...
+
     async def embed(self, texts: list[str], kind: Kind) -> np.ndarray:
-        """One row per text, L2-normalised float32; documents and queries may differ."""
+        """One row per text, L2-normalised float32; documents and queries may differ.
+
+        Raises EmbedRejected when the API refuses these texts (400/413/422), EmbedAuth for
+        401/403, BackendUnavailable when retries of transient failures are exhausted.
+        """
         ...
 
     async def aclose(self) -> None: ...

@@ -56,6 +56,9 @@ class LocalEmbedder:
         # One inference at a time: onnxruntime already uses every core for one batch.
         self._lock = asyncio.Lock()
 
+    async def start(self) -> None:
+        return None
+
     async def embed(self, texts: list[str], kind: Kind) -> np.ndarray:
         async with self._lock:
             return await asyncio.to_thread(self.embed_sync, texts)
