@@ -48,6 +48,7 @@ def test_upsert_trim_delete_and_count_per_path(config):
     store.delete_documents("s", ["b.md"])
     assert store.chunk_counts("s") == {"a.md": 3}
     assert store.chunk_counts("t") == {"a.md": 1}
+    assert (store.count("s"), store.count("t"), store.count("u")) == (3, 1, 0)
     store.close()
 
 

@@ -56,6 +56,10 @@ class Store(Protocol):
         """Remove the document's points with chunk_index >= keep."""
         ...
 
+    def count(self, source: str) -> int:
+        """Points of one source."""
+        ...
+
     def chunk_counts(self, source: str) -> dict[str, int]:
         """Points per path of one source, as the store holds them."""
         ...

@@ -77,6 +77,10 @@ class EdgeStore:
         )
         _call(self._shard.update, qe.UpdateOperation.delete_points_by_filter(where))
 
+    def count(self, source: str) -> int:
+        request = qe.CountRequest(exact=True, filter=qe.Filter(must=[_source_is(source)]))
+        return _call(self._shard.count, request)
+
     def chunk_counts(self, source: str) -> dict[str, int]:
         request = qe.FacetRequest(
             key="path", limit=_FACET_LIMIT, exact=True, filter=qe.Filter(must=[_source_is(source)])

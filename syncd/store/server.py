@@ -94,6 +94,13 @@ class ServerStore:
             m.FieldCondition(key="chunk_index", range=m.Range(gte=keep)),
         )
 
+    def count(self, source: str) -> int:
+        with _translated():
+            result = self._client.count(
+                self._collection, count_filter=m.Filter(must=[_source_is(source)]), exact=True
+            )
+        return result.count
+
     def chunk_counts(self, source: str) -> dict[str, int]:
         with _translated():
             result = self._client.facet(
