@@ -12,13 +12,15 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
+from urllib.request import urlopen
 
 import structlog
 
 from syncd import __version__
-from syncd.config import Settings, default_config_path, load_config
+from syncd.config import Settings, default_config_path, load_config, parse_listen
 from syncd.engine import Plan, Progress, Report, opened
-from syncd.errors import BackendUnavailable, ConfigError, StoreError, SyncdError
+from syncd.errors import BackendUnavailable, ConfigError, StoreError, StoreLocked, SyncdError
 from syncd.logs import configure_logging
 from syncd.state import State
 
@@ -35,13 +37,15 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(settings.log)
         return args.command(settings, args)
     except ConfigError as e:
-        _error(str(e), f"check {args.config}, or see config.yaml in the syncd README for every key")
+        _error(
+            str(e), e.hint or f"check {args.config}; config.yaml in the repo documents every key"
+        )
         return EXIT_USAGE
     except (BackendUnavailable, StoreError) as e:
-        _error(str(e), None)
+        _error(str(e), e.hint)
         return EXIT_BACKEND
     except SyncdError as e:
-        _error(str(e), None)
+        _error(str(e), e.hint)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
@@ -69,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
+    p = sub.add_parser("run", parents=[common], help="the daemon: reconcile, then follow changes")
+    p.set_defaults(command=run)
+
     p = sub.add_parser(
         "resync", parents=[common], help="reconcile the sources with Qdrant once and exit"
     )
@@ -91,6 +98,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(command=search)
     return parser
+
+
+# -- run --------------------------------------------------------------------------------------
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    from syncd import daemon
+
+    asyncio.run(daemon.run(settings))
+    return EXIT_OK
 
 
 # -- resync ---------------------------------------------------------------------------------
@@ -265,7 +282,12 @@ def search(settings: Settings, args: argparse.Namespace) -> int:
                 for h in await engine.search(args.query, args.limit, args.source)
             ]
 
-    hits = asyncio.run(query())
+    try:
+        hits = asyncio.run(query())
+    except StoreLocked:
+        if not settings.server.listen:
+            raise
+        hits = _search_daemon(settings.server.listen, args.query, args.limit, args.source)
     if args.json:
         print(json.dumps({"query": args.query, "hits": hits}, indent=2))
         return EXIT_OK
@@ -275,3 +297,18 @@ def search(settings: Settings, args: argparse.Namespace) -> int:
         excerpt = " ".join(h["text"].split())[:200]
         print(f"{h['score']:.3f}  {h['source']}/{h['path']}  #{h['chunk_index']}\n       {excerpt}")
     return EXIT_OK
+
+
+def _search_daemon(listen: str, text: str, limit: int, source: str | None) -> list[dict[str, Any]]:
+    """Ask the running daemon, which holds the embedded store, to search for us."""
+    host, port = parse_listen(listen)
+    params = {"q": text, "limit": limit, **({"source": source} if source else {})}
+    url = f"http://{host}:{port}/search?{urlencode(params)}"
+    try:
+        with urlopen(url, timeout=60) as response:
+            return json.load(response)["hits"]
+    except OSError as e:
+        raise BackendUnavailable(
+            f"the embedded store is held by another process and its daemon at {listen} "
+            f"does not answer ({e})"
+        ) from e

@@ -78,6 +78,20 @@ class Watch(Section):
 class Server(Section):
     listen: str | None = "127.0.0.1:9187"
 
+    @model_validator(mode="after")
+    def _listen_is_host_port(self) -> Server:
+        if self.listen:
+            parse_listen(self.listen)
+        return self
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 in brackets) → (host, port); an empty host means loopback."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
 
 class Log(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"

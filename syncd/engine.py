@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import structlog
 
+from syncd import metrics
 from syncd.chunking import Chunk, chunk_text
 from syncd.config import FolderSource, Settings
 from syncd.embedders import Embedder, make_embedder
@@ -118,13 +119,23 @@ class Engine:
         self._vectors: dict[str, np.ndarray] = {}
         self._to_embed: dict[str, str] = {}
         self._waiting: list[_Prepared] = []
+        self.stopping = asyncio.Event()
 
     # -- planning -------------------------------------------------------------------------
 
-    def plan(self, source: FolderSource, force: bool = False) -> Plan:
-        stats = folder.scan(source)
+    def plan(
+        self, source: FolderSource, force: bool = False, paths: set[str] | None = None
+    ) -> Plan:
+        """What to add, update and delete: of the whole source, or of just these paths
+        (the daemon's hints from folder events, where the state alone is trusted)."""
         docs = self.state.documents(source.name)
-        in_store = self._points_in_store(source.name, docs)
+        if paths is None:
+            stats = folder.scan(source)
+            in_store = self._points_in_store(source.name, docs)
+        else:
+            stats = folder.stat_paths(source, paths)
+            docs = {p: d for p, d in docs.items() if p in paths}
+            in_store = _expected_points(docs)
         add, update = [], []
         unchanged = 0
         for path, stat in stats.items():
@@ -153,18 +164,23 @@ class Engine:
         """
         if self.store is None:
             return {}
-        expected = {
-            p: d.chunk_count for p, d in docs.items() if d.status == "done" and d.chunk_count
-        }
+        expected = _expected_points(docs)
         if self.store.count(source) == sum(expected.values()):
             return expected
         return self.store.chunk_counts(source)
 
     # -- applying -------------------------------------------------------------------------
 
-    async def reconcile(self, source: FolderSource, force: bool = False) -> Report:
+    async def reconcile(
+        self, source: FolderSource, force: bool = False, paths: set[str] | None = None
+    ) -> Report:
+        """Bring the source (or these paths of it) in line with Qdrant.
+
+        Stops taking new documents once `stopping` is set; what is already read is
+        finished, so a shutdown waits for at most one round of embedding batches.
+        """
         started = time.monotonic()
-        plan = self.plan(source, force)
+        plan = self.plan(source, force, paths)
         self.state.set_pending(source.name, len(plan.add) + len(plan.update) + len(plan.delete))
         self.progress.documents_total += len(plan.add) + len(plan.update) + len(plan.delete)
         log.info(
@@ -178,12 +194,17 @@ class Engine:
         report = Report(unchanged=plan.unchanged)
         self._delete(source.name, plan.delete, report)
         known = self.state.documents(source.name)
-        for path in plan.add + plan.update:
+        todo = plan.add + plan.update
+        for done, path in enumerate(todo):
+            if self.stopping.is_set():
+                self.state.set_pending(source.name, len(todo) - done)
+                break
             prepared = await self._prepare(source, plan, path, known.get(path), force, report)
             if prepared is not None:
                 await self._enqueue(prepared, force, report)
         await self._drain(report)
-        self.state.set_pending(source.name, 0, synced=True)
+        if not self.stopping.is_set():
+            self.state.set_pending(source.name, 0, synced=True)
         report.seconds = time.monotonic() - started
         log.info("reconcile_finished", source=source.name, **_counts(report))
         return report
@@ -302,6 +323,7 @@ class Engine:
         for h in hashes:
             del self._to_embed[h]
         report.texts_embedded += len(hashes)
+        metrics.chunks_embedded.inc(len(hashes))
         self.progress.advance(texts=len(hashes))
         log.debug("batch_embedded", texts=len(hashes), requests=len(batches))
 
@@ -328,6 +350,7 @@ class Engine:
             else:
                 report.updated += 1
         self.progress.advance(documents=len(ready))
+        metrics.documents_synced.inc(len(ready))
         needed = {c.hash for p in self._waiting for c in p.chunks}
         self._vectors = {h: v for h, v in self._vectors.items() if h in needed}
 
@@ -351,6 +374,10 @@ class Engine:
             )
             for i, c in enumerate(p.chunks)
         ]
+
+
+def _expected_points(docs: dict[str, DocRow]) -> dict[str, int]:
+    return {p: d.chunk_count for p, d in docs.items() if d.status == "done" and d.chunk_count}
 
 
 def _needs_sync(doc: DocRow, stat: FileStat, points: int) -> bool:

@@ -4,7 +4,8 @@
     ├── ConfigError            bad usage or configuration: exit 2
     │   └── StoreMismatch      the collection was built with another embedder: exit 2
     ├── BackendUnavailable     Qdrant, the embedder or Redis unreachable, or refused credentials: exit 3
-    │   └── EmbedAuth          the embedding API refused the key (401/403)
+    │   ├── EmbedAuth          the embedding API refused the key (401/403)
+    │   └── StoreLocked        the embedded store is held by another process (`syncd run`)
     ├── DocumentError          one document cannot be synced; recorded as failed, others go on
     │   └── EmbedRejected      the embedding API rejected this document's text (400/413/422)
     ├── EmbedTransient         connection error, timeout, 408/429/5xx: retried, never fatal to a document
@@ -17,6 +18,14 @@ above `store/`, `embedders/` or `state.py` catches a library's own exception typ
 
 class SyncdError(Exception):
     """Base of every error syncd raises on purpose."""
+
+    #: What the user can do about it, printed as "Try: ..." by the CLI.
+    hint: str | None = None
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
 
 
 class ConfigError(SyncdError):
@@ -33,6 +42,10 @@ class BackendUnavailable(SyncdError):
 
 class EmbedAuth(BackendUnavailable):
     """The embedding API refused the key."""
+
+
+class StoreLocked(BackendUnavailable):
+    """The embedded store allows one process, and another one has it open."""
 
 
 class DocumentError(SyncdError):

@@ -87,6 +87,28 @@ def scan(source: FolderSource) -> dict[str, FileStat]:
     return found
 
 
+def stat_paths(source: FolderSource, paths: set[str]) -> dict[str, FileStat]:
+    """The subset of `paths` that are included regular files inside the root now."""
+    matcher = Matcher(source.include, source.exclude)
+    real_root = source.path.resolve()
+    found = {}
+    for rel in paths:
+        parts = rel.split("/")
+        if not matcher.included(rel) or any(
+            matcher.prunes("/".join(parts[:i])) for i in range(1, len(parts))
+        ):
+            continue
+        path = source.path / rel
+        try:
+            if not _inside(path, real_root) or not path.is_file():
+                continue
+            st = path.stat()
+        except OSError:
+            continue
+        found[rel] = FileStat(st.st_size, st.st_mtime_ns)
+    return found
+
+
 def _inside(link: Path, real_root: Path) -> bool:
     try:
         return link.resolve(strict=True).is_relative_to(real_root)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import qdrant_edge as qe
 
-from syncd.errors import BackendUnavailable, StoreError
+from syncd.errors import StoreError, StoreLocked
 from syncd.store import INDEXED_FIELDS, Hit, Identity, PointData, mismatch
 
 IDENTITY_FILE = "syncd.json"
@@ -118,7 +118,7 @@ def _call(fn, *args):
     except Exception as e:
         text = str(e)
         if "WouldBlock" in text or "lock" in text.lower():
-            raise BackendUnavailable(
+            raise StoreLocked(
                 "the embedded Qdrant store is in use by another syncd process "
                 "(embedded mode allows one process; stop it or use a Qdrant server)"
             ) from e

@@ -1,0 +1,271 @@
+"""`syncd run`: reconcile once, then follow folder events and rescan until told to stop.
+
+Folder events are hints, not truth: they name paths to look at again once they have been
+quiet for `watch.debounce_seconds`. The startup reconcile and the periodic rescan repair
+whatever events missed (an overflowed inotify queue, changes made while syncd was down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import functools
+import os
+import signal
+import time
+from pathlib import Path
+
+import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from syncd.config import FolderSource, Settings
+from syncd.engine import Engine, opened
+from syncd.errors import BackendUnavailable, ConfigError, StoreError
+from syncd.http import HealthServer
+from syncd.notify import Notifier
+from syncd.sources.folder import Matcher
+
+log = structlog.get_logger()
+
+# A backend outage is retried with a growing pause, up to this.
+MAX_BACKOFF_SECONDS = 60.0
+# Shutdown waits this long for in-flight work before giving up on it.
+SHUTDOWN_GRACE_SECONDS = 8.0
+
+
+class InstanceLock:
+    """One `syncd run` per state file: a second one exits 2 instead of fighting over it."""
+
+    def __init__(self, state_path: Path) -> None:
+        self.path = state_path.with_name(state_path.name + ".lock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise ConfigError(
+                f"another `syncd run` already uses this state ({self.path} is locked)",
+                hint="`syncd status` and `syncd search` work beside it; stop it to start another",
+            ) from None
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+class _Events(FileSystemEventHandler):
+    """Runs in watchdog's thread; hands relative paths to the event loop."""
+
+    def __init__(self, daemon: Daemon, source: FolderSource) -> None:
+        self.daemon = daemon
+        self.source = source
+        self.root = str(source.path.resolve())
+        self.matcher = Matcher(source.include, source.exclude)
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        paths = [event.src_path, getattr(event, "dest_path", "")]
+        for raw in filter(None, paths):
+            raw = os.fsdecode(raw)
+            if not raw.startswith(self.root + os.sep):
+                continue
+            rel = raw[len(self.root) + 1 :].replace(os.sep, "/")
+            if event.is_directory:
+                # A moved or deleted tree sends one event for the whole tree.
+                self.daemon.hint(self.source.name, None)
+            elif self.matcher.included(rel):
+                self.daemon.hint(self.source.name, rel)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.loop = asyncio.get_running_loop()
+        self.wake = asyncio.Event()
+        # source → path → monotonic time of its last event; None as path: rescan the source.
+        self.dirty: dict[str, dict[str | None, float]] = {s.name: {} for s in settings.sources}
+        self.ready = False
+        self.healthy = True
+        self.observers: list = []
+
+    def hint(self, source: str, path: str | None) -> None:
+        """Thread-safe: note that a path (or the whole source) changed."""
+        self.loop.call_soon_threadsafe(self._note, source, path)
+
+    def _note(self, source: str, path: str | None) -> None:
+        self.dirty[source][path] = time.monotonic()
+        self.wake.set()
+
+    async def run(self, stop: asyncio.Event, notifier: Notifier) -> None:
+        await self._until_done(self._reconcile_all, stop)
+        if stop.is_set():
+            return
+        self.ready = True
+        notifier.ready()
+        self._watch()
+        rescan = self.settings.watch.rescan_interval_seconds
+        next_rescan = time.monotonic() + rescan if rescan else float("inf")
+        debounce = self.settings.watch.debounce_seconds
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= next_rescan:
+                await self._until_done(self._reconcile_all, stop)
+                next_rescan = time.monotonic() + rescan
+                continue
+            due = self._take_due(now, debounce)
+            if due:
+                await self._until_done(functools.partial(self._sync_hints, due), stop)
+                continue
+            wait = min([next_rescan - now, *self._deadlines(debounce, now), 5.0])
+            notifier.status(self._summary())
+            self.wake.clear()
+            stop_task = asyncio.ensure_future(stop.wait())
+            wake_task = asyncio.ensure_future(self.wake.wait())
+            await asyncio.wait(
+                {stop_task, wake_task}, timeout=max(wait, 0.01), return_when=asyncio.FIRST_COMPLETED
+            )
+            stop_task.cancel()
+            wake_task.cancel()
+
+    def _deadlines(self, debounce: float, now: float) -> list[float]:
+        return [t + debounce - now for paths in self.dirty.values() for t in paths.values()]
+
+    def _take_due(self, now: float, debounce: float) -> dict[str, set[str | None]]:
+        due: dict[str, set[str | None]] = {}
+        for source, paths in self.dirty.items():
+            ready = {p for p, t in paths.items() if now - t >= debounce}
+            for p in ready:
+                del paths[p]
+            if ready:
+                due[source] = ready
+        return due
+
+    async def _reconcile_all(self) -> None:
+        for source in self.settings.sources:
+            await self.engine.reconcile(source)
+            if self.engine.stopping.is_set():
+                return
+
+    async def _sync_hints(self, due: dict[str, set[str | None]]) -> None:
+        for source in self.settings.sources:
+            paths = due.get(source.name)
+            if not paths:
+                continue
+            # A directory event means "look at the whole source again" (cheap: stat only).
+            await self.engine.reconcile(source, paths=None if None in paths else set(paths))
+
+    async def _until_done(self, work, stop: asyncio.Event) -> None:
+        """Run `work` until it succeeds; a backend outage is waited out, never dropped."""
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                await work()
+                self.healthy = True
+                return
+            except (BackendUnavailable, StoreError) as e:
+                self.healthy = False
+                log.warning("backend_unavailable", error=str(e), retry_in=backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    def _watch(self) -> None:
+        for source in self.settings.sources:
+            handler = _Events(self, source)
+            observer = PollingObserver() if self.settings.watch.polling else Observer()
+            try:
+                observer.schedule(handler, str(source.path), recursive=True)
+                observer.start()
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EMFILE):
+                    raise
+                log.warning(
+                    "inotify_limit_reached",
+                    source=source.name,
+                    error=e.strerror,
+                    fix="sysctl fs.inotify.max_user_watches=524288 (and max_user_instances)",
+                    fallback="polling",
+                )
+                observer = PollingObserver()
+                observer.schedule(handler, str(source.path), recursive=True)
+                observer.start()
+            self.observers.append(observer)
+
+    def stop_watching(self) -> None:
+        for observer in self.observers:
+            observer.stop()
+        for observer in self.observers:
+            observer.join(timeout=5)
+
+    def _summary(self) -> str:
+        pending = sum(len(p) for p in self.dirty.values())
+        return f"{'ready' if self.ready else 'starting'}; {pending} changes waiting"
+
+
+async def run(settings: Settings, handle_signals: bool = True) -> None:
+    """The daemon's whole life: lock, open, serve health, reconcile and follow, drain, close."""
+    lock = InstanceLock(settings.state.path)
+    stop = asyncio.Event()
+    notifier = Notifier()
+    try:
+        async with opened(settings) as engine:
+            daemon = Daemon(settings, engine)
+            server = (
+                HealthServer.start(settings.server.listen, daemon)
+                if settings.server.listen
+                else None
+            )
+            if handle_signals:
+                _on_signals(stop, engine)
+            watchdog = asyncio.ensure_future(notifier.keep_alive())
+            try:
+                await _bounded(daemon.run(stop, notifier), stop)
+            finally:
+                notifier.stopping()
+                watchdog.cancel()
+                daemon.stop_watching()
+                if server:
+                    server.stop()
+        log.info("stopped")
+    finally:
+        lock.release()
+
+
+async def _bounded(work, stop: asyncio.Event) -> None:
+    """Run `work`; once `stop` is set, give it SHUTDOWN_GRACE_SECONDS, then cancel it.
+
+    Cancelling is safe at any point: the engine's write order makes a cut-off batch
+    look like a crash, which the next run repairs without re-embedding.
+    """
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not task.done():
+        await asyncio.wait({task}, timeout=SHUTDOWN_GRACE_SECONDS)
+    if not task.done():
+        log.warning("shutdown_grace_exceeded", abandoned="in-flight batch")
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _on_signals(stop: asyncio.Event, engine: Engine) -> None:
+    loop = asyncio.get_running_loop()
+
+    def first() -> None:
+        if stop.is_set():
+            log.warning("second_signal_exiting_now")
+            os._exit(1)
+        log.info("stopping", grace_seconds=SHUTDOWN_GRACE_SECONDS)
+        stop.set()
+        engine.stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, first)
