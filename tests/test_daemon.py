@@ -1,0 +1,211 @@
+"""`syncd run` as a real subprocess: events, crashes, signals, health and metrics."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_engine import assert_mirrors
+
+from syncd.config import load_config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds it took for `check` to hold; fails the test after `timeout`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+class Daemon:
+    def __init__(self, root: Path, config: Path, port: int) -> None:
+        self.root, self.config, self.port = root, config, port
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Daemon:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "run", "-c", str(self.config)],
+            cwd=self.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        return self
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        wait_until(lambda: get(self.url("/readyz"))[0] == 200, timeout, "daemon ready")
+
+    def status(self) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-m", "syncd", "status", "--json", "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return json.loads(out.stdout)["sources"][0]
+
+    def paths(self, query: str, limit: int = 5) -> list[str]:
+        status, body = get(self.url(f"/search?q={urllib.parse.quote(query)}&limit={limit}"))
+        assert status == 200, body
+        return [h["path"] for h in json.loads(body)["hits"]]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def daemon(docs: Path, make_config, tmp_path: Path):
+    port = free_port()
+    config = make_config(
+        watch={"debounce_seconds": 0.2, "rescan_interval_seconds": 0},
+        server={"listen": f"127.0.0.1:{port}"},
+        log={"format": "json"},
+    )
+    d = Daemon(tmp_path, config, port)
+    yield d
+    if d.proc and d.proc.poll() is None:
+        d.proc.kill()
+        d.proc.wait()
+
+
+def test_changes_are_searchable_within_2_seconds(docs, daemon):
+    (docs / "old.md").write_text("An old note about lighthouses on rocky coasts.\n")
+    daemon.start().wait_ready()
+    assert daemon.paths("lighthouses", 1) == ["old.md"]
+
+    (docs / "new.md").write_text("A new note about penguins that live on sea ice.\n")
+    took = wait_until(lambda: daemon.paths("penguins on sea ice", 1) == ["new.md"], 2, "new file")
+    assert took < 2
+
+    (docs / "new.md").write_text("Now the note is about volcanoes and lava flows.\n")
+    wait_until(
+        lambda: "lava" in get(daemon.url("/search?q=volcano+lava&limit=1"))[1], 2, "modified"
+    )
+
+    (docs / "old.md").rename(docs / "renamed.md")
+    wait_until(lambda: daemon.paths("lighthouses", 1) == ["renamed.md"], 2, "renamed")
+
+    (docs / "new.md").unlink()
+    wait_until(lambda: "new.md" not in daemon.paths("volcanoes", 5), 2, "deleted")
+
+    assert daemon.stop() == 0
+    assert_mirrors(load_config(daemon.config))
+
+
+def test_burst_of_1000_files_all_arrive(docs, daemon):
+    daemon.start().wait_ready()
+    for i in range(1000):
+        (docs / f"burst-{i:04}.txt").write_text(f"Burst note {i} about item {i * 13}.\n")
+    wait_until(lambda: daemon.status()["documents"] == 1000, 60, "1000 documents")
+    assert daemon.stop() == 0
+    assert_mirrors(load_config(daemon.config))
+
+
+def test_change_made_while_down_is_picked_up_at_start(docs, daemon, tmp_path):
+    (docs / "a.md").write_text("Alpha note.\n")
+    daemon.start().wait_ready()
+    assert daemon.stop() == 0
+    (docs / "a.md").unlink()
+    (docs / "b.md").write_text("Beta note written while syncd was down.\n")
+    daemon.start().wait_ready()
+    assert daemon.status()["documents"] == 1
+    assert daemon.stop() == 0
+    assert_mirrors(load_config(daemon.config))
+
+
+def test_health_metrics_status_and_second_instance(docs, daemon):
+    (docs / "a.md").write_text("Alpha note.\n")
+    (docs / "bad.txt").write_bytes(b"\x00\x01")
+    daemon.start().wait_ready()
+    assert get(daemon.url("/livez"))[0] == 200
+    status, body = get(daemon.url("/metrics"))
+    assert status == 200
+    for name in (
+        "syncd_documents_synced_total",
+        "syncd_chunks_embedded_total",
+        "syncd_pending_documents",
+        "syncd_failed_documents",
+        "syncd_sync_lag_seconds",
+        "syncd_embed_request_seconds",
+    ):
+        assert name in body
+    assert 'syncd_failed_documents{source="docs"} 1.0' in body
+    s = daemon.status()
+    assert (s["documents"], [f["path"] for f in s["failed"]]) == (1, ["bad.txt"])
+    second = subprocess.run(
+        [sys.executable, "-m", "syncd", "run", "-c", str(daemon.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 2 and "already uses this state" in second.stderr
+    search = subprocess.run(
+        [sys.executable, "-m", "syncd", "search", "alpha", "--json", "-c", str(daemon.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert search.returncode == 0, search.stderr
+    assert json.loads(search.stdout)["hits"][0]["path"] == "a.md"
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+
+
+def test_kill_9_at_random_moments_then_a_final_run_converges(docs, daemon):
+    rng = random.Random(42)
+    for i in range(2000):
+        (docs / f"d{i % 20}" / f"n{i}.txt").parent.mkdir(exist_ok=True)
+        (docs / f"d{i % 20}" / f"n{i}.txt").write_text(
+            f"Note {i}: item {i} is {rng.choice(['red', 'blue', 'green'])}.\n"
+        )
+    for _ in range(5):
+        daemon.start()
+        time.sleep(rng.uniform(1.0, 4.0))
+        daemon.stop(signal.SIGKILL)
+        # Edit between crashes, as users do.
+        victim = docs / f"d{rng.randrange(20)}" / f"n{rng.randrange(2000)}.txt"
+        if victim.exists():
+            victim.unlink() if rng.random() < 0.5 else victim.write_text(
+                "Rewritten after a crash.\n"
+            )
+    daemon.start().wait_ready(timeout=120)
+    assert daemon.stop() == 0
+    assert_mirrors(load_config(daemon.config))
