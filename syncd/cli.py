@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
-from urllib.request import urlopen
+from urllib.request import Request, urlopen
 
 import structlog
 
@@ -118,8 +118,13 @@ def resync(settings: Settings, args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(settings, sources, args.json)
     progress = Progress()
-    with _progress_display(progress, enabled=not args.json):
-        report = asyncio.run(_resync(settings, sources, args.force, progress))
+    try:
+        with _progress_display(progress, enabled=not args.json):
+            report = asyncio.run(_resync(settings, sources, args.force, progress))
+    except StoreLocked:
+        if args.force or not settings.server.listen:
+            raise
+        report = _resync_daemon(settings.server.listen, args.source)
     if args.json:
         print(json.dumps(asdict(report), indent=2))
     else:
@@ -299,16 +304,31 @@ def search(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _search_daemon(listen: str, text: str, limit: int, source: str | None) -> list[dict[str, Any]]:
-    """Ask the running daemon, which holds the embedded store, to search for us."""
+def _daemon_url(listen: str, path: str, params: dict[str, Any]) -> str:
     host, port = parse_listen(listen)
-    params = {"q": text, "limit": limit, **({"source": source} if source else {})}
-    url = f"http://{host}:{port}/search?{urlencode(params)}"
+    host = f"[{host}]" if ":" in host else host
+    query = urlencode({k: v for k, v in params.items() if v is not None})
+    return f"http://{host}:{port}{path}?{query}"
+
+
+def _ask_daemon(listen: str, request: Request | str) -> dict[str, Any]:
     try:
-        with urlopen(url, timeout=60) as response:
-            return json.load(response)["hits"]
+        with urlopen(request, timeout=3600) as response:
+            return json.load(response)
     except OSError as e:
         raise BackendUnavailable(
-            f"the embedded store is held by another process and its daemon at {listen} "
-            f"does not answer ({e})"
+            f"the embedded store is held by another process, and no syncd daemon answers "
+            f"at server.listen {listen} ({e})"
         ) from e
+
+
+def _resync_daemon(listen: str, source: str | None) -> Report:
+    """The running daemon holds the store: have it reconcile, and report what it did."""
+    url = _daemon_url(listen, "/resync", {"source": source})
+    return Report(**_ask_daemon(listen, Request(url, method="POST")))
+
+
+def _search_daemon(listen: str, text: str, limit: int, source: str | None) -> list[dict[str, Any]]:
+    """Ask the running daemon, which holds the embedded store, to search for us."""
+    url = _daemon_url(listen, "/search", {"q": text, "limit": limit, "source": source})
+    return _ask_daemon(listen, url)["hits"]

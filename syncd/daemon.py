@@ -23,7 +23,7 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from syncd.config import FolderSource, Settings
-from syncd.engine import Engine, opened
+from syncd.engine import Engine, Report, opened
 from syncd.errors import BackendUnavailable, ConfigError, StoreError
 from syncd.http import HealthServer
 from syncd.notify import Notifier
@@ -92,6 +92,8 @@ class Daemon:
         self.dirty: dict[str, dict[str | None, float]] = {s.name: {} for s in settings.sources}
         self.ready = False
         self.healthy = True
+        # The engine does one reconcile at a time; /resync requests queue here too.
+        self.busy = asyncio.Lock()
         self.observers: list = []
 
     def hint(self, source: str, path: str | None) -> None:
@@ -147,10 +149,19 @@ class Daemon:
         return due
 
     async def _reconcile_all(self) -> None:
+        await self.resync()
+
+    async def resync(self, names: list[str] | None = None) -> Report:
+        """Reconcile these sources (all by default) now; also what `POST /resync` runs."""
+        total = Report()
         for source in self.settings.sources:
-            await self.engine.reconcile(source)
+            if names and source.name not in names:
+                continue
+            async with self.busy:
+                total.merge(await self.engine.reconcile(source))
             if self.engine.stopping.is_set():
-                return
+                break
+        return total
 
     async def _sync_hints(self, due: dict[str, set[str | None]]) -> None:
         for source in self.settings.sources:
@@ -158,7 +169,8 @@ class Daemon:
             if not paths:
                 continue
             # A directory event means "look at the whole source again" (cheap: stat only).
-            await self.engine.reconcile(source, paths=None if None in paths else set(paths))
+            async with self.busy:
+                await self.engine.reconcile(source, paths=None if None in paths else set(paths))
 
     async def _until_done(self, work, stop: asyncio.Event) -> None:
         """Run `work` until it succeeds; a backend outage is waited out, never dropped."""

@@ -1,7 +1,7 @@
-"""/livez, /readyz, /metrics and /search over HTTP while `syncd run` is running.
+"""/livez, /readyz, /metrics, /search and POST /resync while `syncd run` is running.
 
-/search lets `syncd search` answer while the daemon holds the embedded store, which
-allows one process. Requests are served in threads; anything touching the engine is
+/search and /resync let `syncd search` and `syncd resync` work while the daemon holds
+the embedded store, which allows one process. Requests are served in threads; anything touching the engine is
 handed to the daemon's event loop, so the store is only ever used from that loop.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
@@ -66,6 +67,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._search(parse_qs(url.query))
         else:
             self._send(404, "text/plain", b"not found\n")
+
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        if url.path != "/resync":
+            self._send(404, "text/plain", b"not found\n")
+            return
+        names = parse_qs(url.query).get("source")
+        future = asyncio.run_coroutine_threadsafe(self.daemon.resync(names), self.daemon.loop)
+        report = future.result()
+        self._send(200, "application/json", json.dumps(asdict(report)).encode())
 
     def _search(self, query: dict[str, list[str]]) -> None:
         try:

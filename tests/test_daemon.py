@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import socket
@@ -50,9 +51,10 @@ class Daemon:
         self.root, self.config, self.port = root, config, port
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> Daemon:
+    def start(self, **env: str) -> Daemon:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "syncd", "run", "-c", str(self.config)],
+            env={**os.environ, **env},
             cwd=self.root,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -184,9 +186,39 @@ def test_health_metrics_status_and_second_instance(docs, daemon):
     )
     assert search.returncode == 0, search.stderr
     assert json.loads(search.stdout)["hits"][0]["path"] == "a.md"
+    (docs / "c.md").write_text("Gamma note, seen by the resync the daemon runs for us.\n")
+    resync = subprocess.run(
+        [sys.executable, "-m", "syncd", "resync", "--json", "-c", str(daemon.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert resync.returncode == 1, resync.stderr  # bad.txt still fails
+    assert json.loads(resync.stdout)["added"] in (0, 1)  # the watcher may have been first
+    assert daemon.status()["documents"] == 2
     started = time.monotonic()
     assert daemon.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 10
+
+
+def test_systemd_notify_protocol(docs, daemon, tmp_path):
+    (docs / "a.md").write_text("Alpha note.\n")
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(60)
+    daemon.start(NOTIFY_SOCKET=address, WATCHDOG_USEC="400000")
+    messages: list[str] = []
+    while "READY=1" not in messages:
+        messages.append(sock.recv(4096).decode())
+    assert daemon.status()["documents"] == 1  # READY=1 comes after the first reconcile
+    while sum(m == "WATCHDOG=1" for m in messages) < 3:
+        messages.append(sock.recv(4096).decode())
+    assert daemon.stop() == 0
+    while "STOPPING=1" not in messages:
+        messages.append(sock.recv(4096).decode())
+    assert any(m.startswith("STATUS=") for m in messages)
+    sock.close()
 
 
 def test_kill_9_at_random_moments_then_a_final_run_converges(docs, daemon):
