@@ -18,7 +18,14 @@ from urllib.request import Request, urlopen
 import structlog
 
 from syncd import __version__
-from syncd.config import Settings, default_config_path, load_config, parse_listen
+from syncd.config import (
+    FolderSource,
+    RedisSource,
+    Settings,
+    default_config_path,
+    load_config,
+    parse_listen,
+)
 from syncd.engine import Plan, Progress, Report, opened
 from syncd.errors import BackendUnavailable, ConfigError, StoreError, StoreLocked, SyncdError
 from syncd.logs import configure_logging
@@ -145,7 +152,7 @@ async def _resync(settings: Settings, sources: list, force: bool, progress: Prog
         settings, rebuild=force and len(sources) == len(settings.sources), progress=progress
     ) as engine:
         for source in sources:
-            total.merge(await engine.reconcile(source, force))
+            total.merge(await engine.resync(source, force))
         engine.state.drop_unused_vectors()
     total.seconds = time.monotonic() - started
     return total
@@ -154,7 +161,8 @@ async def _resync(settings: Settings, sources: list, force: bool, progress: Prog
 def _dry_run(settings: Settings, sources: list, as_json: bool) -> int:
     async def plan() -> list[Plan]:
         async with opened(settings, create=False) as engine:
-            return [engine.plan(s) for s in sources]
+            # A queue has no plan to show: its resync only re-checks the store.
+            return [engine.plan(s) for s in sources if isinstance(s, FolderSource)]
 
     plans = asyncio.run(plan())
     if as_json:
@@ -227,44 +235,54 @@ def _progress_display(progress: Progress, enabled: bool):
 
 
 def status(settings: Settings, args: argparse.Namespace) -> int:
-    # SQLite only, so it works while `syncd run` holds the embedded store.
+    # SQLite (and Redis for queue sources) only, so it works beside a running `syncd run`.
     state = State(settings.state.path)
     try:
-        rows = [state.status(s.name) for s in settings.sources]
+        rows = [_source_status(state, s) for s in settings.sources]
     finally:
         state.close()
     if args.json:
+        print(json.dumps({"sources": rows}, indent=2))
+        return EXIT_OK
+    for r in rows:
         print(
-            json.dumps(
-                {
-                    "sources": [
-                        {
-                            "name": r.name,
-                            "documents": r.documents,
-                            "chunks": r.chunks,
-                            "pending": r.pending,
-                            "skipped": r.skipped,
-                            "last_sync": _iso(r.last_sync),
-                            "failed": [
-                                {"path": f.path, "reason": f.error, "attempts": f.attempts}
-                                for f in r.failed
-                            ],
-                        }
-                        for r in rows
-                    ]
-                },
-                indent=2,
-            )
+            f"{r['name']}: {r['documents']} documents, {r['chunks']} chunks, {r['pending']} pending, "
+            f"{len(r['failed'])} failed, {r['skipped']} skipped; last sync {r['last_sync'] or 'never'}"
         )
-    else:
-        for r in rows:
+        if "stream" in r:
+            q = r["stream"]
             print(
-                f"{r.name}: {r.documents} documents, {r.chunks} chunks, {r.pending} pending, "
-                f"{len(r.failed)} failed, {r.skipped} skipped; last sync {_iso(r.last_sync) or 'never'}"
+                f"  stream: {q['lag']} not yet delivered, {q['pending']} pending, {q['dead']} dead-lettered"
             )
-            for f in r.failed:
-                print(f"  failed {f.path}: {f.error} (attempts: {f.attempts})")
+        for f in r["failed"]:
+            print(f"  failed {f['path']}: {f['reason']} (attempts: {f['attempts']})")
     return EXIT_OK
+
+
+def _source_status(state: State, source: FolderSource | RedisSource) -> dict[str, Any]:
+    r = state.status(source.name)
+    row: dict[str, Any] = {
+        "name": r.name,
+        "documents": r.documents,
+        "chunks": r.chunks,
+        "pending": r.pending,
+        "skipped": r.skipped,
+        "last_sync": _iso(r.last_sync),
+        "failed": [{"path": f.path, "reason": f.error, "attempts": f.attempts} for f in r.failed],
+    }
+    if isinstance(source, RedisSource):
+        row["stream"] = asdict(asyncio.run(_stream_status(source)))
+    return row
+
+
+async def _stream_status(source: RedisSource):
+    from syncd.sources.redis_stream import RedisStream
+
+    stream = RedisStream(source)
+    try:
+        return await stream.status()
+    finally:
+        await stream.close()
 
 
 def _iso(ts: float | None) -> str | None:

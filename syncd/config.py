@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from syncd.errors import ConfigError
@@ -33,6 +42,36 @@ class FolderSource(Section):
     exclude: list[str] = ["**/.git/**", "**/.syncd/**", "**/node_modules/**"]
     # Larger files are recorded as skipped, not read.
     max_file_bytes: Annotated[int, Field(gt=0)] = 10_000_000
+
+
+class RedisSource(Section):
+    """Documents as events on a Redis Stream (see CONTRACT.md, Queue source)."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    type: Literal["redis"]
+    url: str = "redis://localhost:6379/0"
+    stream: Annotated[str, Field(min_length=1)] = "syncd:docs"
+    group: Annotated[str, Field(min_length=1)] = "syncd"
+    #: Default: hostname-pid, so a restarted process is a new consumer.
+    consumer: str | None = None
+    #: Where a new consumer group starts: "0" syncs the backlog, "$" only new entries.
+    start: Literal["0", "$"] = "0"
+    max_deliveries: Annotated[int, Field(ge=1)] = 5
+    #: Entries pending this long on any consumer (a dead one, or a failed try) are reclaimed.
+    claim_idle_seconds: Annotated[float, Field(gt=0)] = 60
+    #: Entries read at once; bounds memory while the embedder or Qdrant is down.
+    batch: Annotated[int, Field(ge=1, le=10_000)] = 500
+
+
+def _source_type(value: Any) -> str:
+    # `type` may be left out for a folder, the common case.
+    return (value.get("type") if isinstance(value, dict) else value.type) or "folder"
+
+
+Source = Annotated[
+    Annotated[FolderSource, Tag("folder")] | Annotated[RedisSource, Tag("redis")],
+    Discriminator(_source_type),
+]
 
 
 class Chunking(Section):
@@ -106,7 +145,7 @@ class Settings(BaseSettings):
         nested_model_default_partial_update=True,
     )
 
-    sources: Annotated[list[FolderSource], Field(min_length=1)]
+    sources: Annotated[list[Source], Field(min_length=1)]
     chunking: Chunking = Chunking()
     embedder: Embedder = Embedder()
     qdrant: Qdrant = Qdrant()
@@ -145,7 +184,7 @@ class Settings(BaseSettings):
             raise ValueError("set qdrant.path (embedded) or qdrant.url (server)")
         return self
 
-    def source(self, name: str) -> FolderSource:
+    def source(self, name: str) -> FolderSource | RedisSource:
         for s in self.sources:
             if s.name == name:
                 return s
@@ -183,7 +222,13 @@ def load_config(path: Path | None = None) -> Settings:
 def _describe(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
-        key = ".".join(str(p) for p in err["loc"])
+        loc = err["loc"]
+        # Drop the union tag pydantic puts after a source's index: sources.0.folder.path
+        key = ".".join(
+            str(p)
+            for i, p in enumerate(loc)
+            if not (i and isinstance(loc[i - 1], int) and p in ("folder", "redis"))
+        )
         msg = err["msg"].removeprefix("Value error, ")
         parts.append(f"{key}: {msg}" if key else msg)
     return "; ".join(parts)
@@ -194,7 +239,8 @@ def _anchor(settings: Settings, base: Path) -> Settings:
         return None if p is None else (base / p.expanduser())
 
     for s in settings.sources:
-        s.path = at(s.path)
+        if isinstance(s, FolderSource):
+            s.path = at(s.path)
     settings.state.path = at(settings.state.path)
     settings.qdrant.path = at(settings.qdrant.path)
     settings.embedder.api_key_file = at(settings.embedder.api_key_file)

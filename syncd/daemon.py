@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import functools
 import os
@@ -18,16 +17,14 @@ import time
 from pathlib import Path
 
 import structlog
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
 
-from syncd.config import FolderSource, Settings
+from syncd.config import FolderSource, RedisSource, Settings
 from syncd.engine import Engine, Report, opened
 from syncd.errors import BackendUnavailable, ConfigError, StoreError
 from syncd.http import HealthServer
 from syncd.notify import Notifier
-from syncd.sources.folder import Matcher
+from syncd.sources import folder
+from syncd.sources.redis_stream import RedisStream, follow
 
 log = structlog.get_logger()
 
@@ -57,31 +54,6 @@ class InstanceLock:
         os.close(self._fd)
 
 
-class _Events(FileSystemEventHandler):
-    """Runs in watchdog's thread; hands relative paths to the event loop."""
-
-    def __init__(self, daemon: Daemon, source: FolderSource) -> None:
-        self.daemon = daemon
-        self.source = source
-        self.root = str(source.path.resolve())
-        self.matcher = Matcher(source.include, source.exclude)
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return
-        paths = [event.src_path, getattr(event, "dest_path", "")]
-        for raw in filter(None, paths):
-            raw = os.fsdecode(raw)
-            if not raw.startswith(self.root + os.sep):
-                continue
-            rel = raw[len(self.root) + 1 :].replace(os.sep, "/")
-            if event.is_directory:
-                # A moved or deleted tree sends one event for the whole tree.
-                self.daemon.hint(self.source.name, None)
-            elif self.matcher.included(rel):
-                self.daemon.hint(self.source.name, rel)
-
-
 class Daemon:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
@@ -90,11 +62,11 @@ class Daemon:
         self.wake = asyncio.Event()
         # source → path → monotonic time of its last event; None as path: rescan the source.
         self.dirty: dict[str, dict[str | None, float]] = {s.name: {} for s in settings.sources}
+        self.observers: list[folder.BaseObserver] = []
         self.ready = False
         self.healthy = True
         # The engine does one reconcile at a time; /resync requests queue here too.
         self.busy = asyncio.Lock()
-        self.observers: list = []
 
     def hint(self, source: str, path: str | None) -> None:
         """Thread-safe: note that a path (or the whole source) changed."""
@@ -111,6 +83,45 @@ class Daemon:
         self.ready = True
         notifier.ready()
         self._watch()
+        queues = [
+            asyncio.ensure_future(self._follow(source, stop))
+            for source in self.settings.sources
+            if isinstance(source, RedisSource)
+        ]
+        try:
+            await self._follow_folders(stop, notifier)
+        finally:
+            for task in queues:
+                task.cancel()
+            await asyncio.gather(*queues, return_exceptions=True)
+
+    async def _follow(self, source: RedisSource, stop: asyncio.Event) -> None:
+        stream = RedisStream(source)
+        try:
+            await follow(
+                stream,
+                self._apply_queued(source.name),
+                self._last_applied(source.name),
+                self._until_done,
+                stop,
+            )
+        finally:
+            await stream.close()
+
+    def _apply_queued(self, source: str):
+        async def apply(upserts, deletes) -> Report:
+            async with self.busy:
+                return await self.engine.apply_queued(source, upserts, deletes)
+
+        return apply
+
+    def _last_applied(self, source: str):
+        def last(ids: set[str]) -> dict[str, str]:
+            return {p: kept[0] for p, kept in self.engine.state.queued(source, ids).items()}
+
+        return last
+
+    async def _follow_folders(self, stop: asyncio.Event, notifier: Notifier) -> None:
         rescan = self.settings.watch.rescan_interval_seconds
         next_rescan = time.monotonic() + rescan if rescan else float("inf")
         debounce = self.settings.watch.debounce_seconds
@@ -158,7 +169,7 @@ class Daemon:
             if names and source.name not in names:
                 continue
             async with self.busy:
-                total.merge(await self.engine.reconcile(source))
+                total.merge(await self.engine.resync(source))
             if self.engine.stopping.is_set():
                 break
         return total
@@ -166,20 +177,25 @@ class Daemon:
     async def _sync_hints(self, due: dict[str, set[str | None]]) -> None:
         for source in self.settings.sources:
             paths = due.get(source.name)
+            if not isinstance(source, FolderSource):
+                continue
             if not paths:
                 continue
             # A directory event means "look at the whole source again" (cheap: stat only).
             async with self.busy:
                 await self.engine.reconcile(source, paths=None if None in paths else set(paths))
 
-    async def _until_done(self, work, stop: asyncio.Event) -> None:
-        """Run `work` until it succeeds; a backend outage is waited out, never dropped."""
+    async def _until_done(self, work, stop: asyncio.Event):
+        """Run `work` until it succeeds and return its result (None if stopped first).
+
+        A backend outage is waited out with backoff, never dropped.
+        """
         backoff = 1.0
         while not stop.is_set():
             try:
-                await work()
+                result = await work()
                 self.healthy = True
-                return
+                return result
             except (BackendUnavailable, StoreError) as e:
                 self.healthy = False
                 log.warning("backend_unavailable", error=str(e), retry_in=backoff)
@@ -189,25 +205,8 @@ class Daemon:
 
     def _watch(self) -> None:
         for source in self.settings.sources:
-            handler = _Events(self, source)
-            observer = PollingObserver() if self.settings.watch.polling else Observer()
-            try:
-                observer.schedule(handler, str(source.path), recursive=True)
-                observer.start()
-            except OSError as e:
-                if e.errno not in (errno.ENOSPC, errno.EMFILE):
-                    raise
-                log.warning(
-                    "inotify_limit_reached",
-                    source=source.name,
-                    error=e.strerror,
-                    fix="sysctl fs.inotify.max_user_watches=524288 (and max_user_instances)",
-                    fallback="polling",
-                )
-                observer = PollingObserver()
-                observer.schedule(handler, str(source.path), recursive=True)
-                observer.start()
-            self.observers.append(observer)
+            if isinstance(source, FolderSource):
+                self.observers.append(folder.watch(source, self.settings.watch.polling, self.hint))
 
     def stop_watching(self) -> None:
         for observer in self.observers:

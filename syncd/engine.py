@@ -17,15 +17,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import structlog
 
 from syncd import metrics
 from syncd.chunking import Chunk, chunk_text
-from syncd.config import FolderSource, Settings
+from syncd.config import FolderSource, RedisSource, Settings
 from syncd.embedders import Embedder, make_embedder
-from syncd.errors import DocumentError
+from syncd.errors import DocumentError, EmbedRejected
 from syncd.extract import Extracted, extract
 from syncd.sources import folder
 from syncd.sources.folder import FileStat
@@ -98,6 +99,18 @@ class _Prepared:
     doc: Extracted
     chunks: list[Chunk]
     is_new: bool
+    #: Queue documents: the stream entry, and the text kept because a queue cannot replay.
+    entry_id: str | None = None
+    body: str | None = None
+
+
+@dataclass(frozen=True)
+class QueuedDocument:
+    """One upsert from a queue: the text and metadata the message carried."""
+
+    text: str
+    metadata: dict[str, Any]
+    entry_id: str
 
 
 class Engine:
@@ -119,6 +132,8 @@ class Engine:
         self._vectors: dict[str, np.ndarray] = {}
         self._to_embed: dict[str, str] = {}
         self._waiting: list[_Prepared] = []
+        # Chunk hash → the API's reason for refusing that text.
+        self._rejected: dict[str, str] = {}
         self.stopping = asyncio.Event()
 
     # -- planning -------------------------------------------------------------------------
@@ -171,6 +186,12 @@ class Engine:
 
     # -- applying -------------------------------------------------------------------------
 
+    async def resync(self, source: FolderSource | RedisSource, force: bool = False) -> Report:
+        """A full reconcile: of the files for a folder, of the store for a queue."""
+        if isinstance(source, RedisSource):
+            return await self.repair_queued(source.name)
+        return await self.reconcile(source, force)
+
     async def reconcile(
         self, source: FolderSource, force: bool = False, paths: set[str] | None = None
     ) -> Report:
@@ -207,6 +228,83 @@ class Engine:
             self.state.set_pending(source.name, 0, synced=True)
         report.seconds = time.monotonic() - started
         log.info("reconcile_finished", source=source.name, **_counts(report))
+        return report
+
+    async def apply_queued(
+        self,
+        source: str,
+        upserts: dict[str, QueuedDocument],
+        deletes: dict[str, str],
+        repair: bool = False,
+    ) -> Report:
+        """Apply documents from a queue: path → upsert, and path → entry id of a delete.
+
+        Text and metadata unchanged since the last applied entry embed and write nothing
+        (unless `repair`); every chunk whose text is known reuses its cached vector.
+        """
+        started = time.monotonic()
+        report = Report()
+        for path, entry_id in deletes.items():
+            self.store.delete_documents(source, [path])
+            self.state.forget(source, [path], entry_id)
+            report.deleted += 1
+        known = self.state.documents(source)
+        kept = self.state.queued(source, upserts)
+        for path, q in upserts.items():
+            data = q.text.encode("utf-8")
+            doc_hash = hashlib.sha256(data).hexdigest()
+            doc = known.get(path)
+            same = doc is not None and doc.status == "done" and doc.doc_hash == doc_hash
+            if same and not repair and kept.get(path, (None, None, None))[2] == q.metadata:
+                report.unchanged += 1
+                continue
+            fmt = q.metadata.get("format")
+            title = q.metadata.get("title")
+            extracted = Extracted(
+                text=q.text,
+                format=fmt if isinstance(fmt, str) and fmt.startswith("text/") else "text/plain",
+                title=title if isinstance(title, str) else None,
+                metadata=q.metadata,
+            )
+            chunking = self.settings.chunking
+            chunks = chunk_text(
+                q.text, chunking.max_chars, chunking.overlap_chars, extracted.is_markdown
+            )
+            prepared = _Prepared(
+                source,
+                path,
+                FileStat(len(data), 0),
+                doc_hash,
+                extracted,
+                chunks,
+                doc is None,
+                entry_id=q.entry_id,
+                body=q.text,
+            )
+            await self._enqueue(prepared, False, report)
+        await self._drain(report)
+        report.seconds = time.monotonic() - started
+        return report
+
+    async def repair_queued(self, source: str) -> Report:
+        """`resync` of a queue source: re-check the store against SQLite, read no queue."""
+        docs = self.state.documents(source)
+        expected = _expected_points(docs)
+        in_store = self.store.chunk_counts(source)
+        strays = sorted(in_store.keys() - expected.keys())
+        self.store.delete_documents(source, strays)
+        kept = self.state.queued(source)
+        broken = [p for p, n in expected.items() if in_store.get(p, 0) != n]
+        upserts = {
+            p: QueuedDocument(kept[p][1], kept[p][2], kept[p][0])
+            for p in broken
+            if p in kept and kept[p][1] is not None
+        }
+        report = await self.apply_queued(source, upserts, {}, repair=True)
+        report.deleted += len(strays)
+        report.unchanged += len(expected) - len(broken)
+        self.state.set_pending(source, 0, synced=True)
+        log.info("repair_finished", source=source, **_counts(report))
         return report
 
     def _delete(self, source: str, paths: list[str], report: Report) -> None:
@@ -310,24 +408,48 @@ class Engine:
     async def _embed_round(self, limit: int, report: Report) -> None:
         hashes = list(self._to_embed)[:limit]
         batches = [hashes[i : i + self._batch] for i in range(0, len(hashes), self._batch)]
-        results = await asyncio.gather(
-            *(self.embedder.embed([self._to_embed[h] for h in b], "document") for b in batches)
-        )
-        fresh = {
-            h: v
-            for b, vectors in zip(batches, results, strict=True)
-            for h, v in zip(b, vectors, strict=True)
-        }
+        results = await asyncio.gather(*(self._embed_batch(b) for b in batches))
+        fresh = {h: v for part in results for h, v in part.items()}
         self.state.add_vectors(fresh)
         self._vectors.update(fresh)
         for h in hashes:
             del self._to_embed[h]
-        report.texts_embedded += len(hashes)
-        metrics.chunks_embedded.inc(len(hashes))
-        self.progress.advance(texts=len(hashes))
-        log.debug("batch_embedded", texts=len(hashes), requests=len(batches))
+        report.texts_embedded += len(fresh)
+        metrics.chunks_embedded.inc(len(fresh))
+        self.progress.advance(texts=len(fresh))
+        log.debug("batch_embedded", texts=len(fresh), requests=len(batches))
+
+    async def _embed_batch(self, hashes: list[str]) -> dict[str, np.ndarray]:
+        """Embed one batch; if the API rejects it, halve it until the culprits are found.
+
+        A rejected text fails only the documents that contain it (`_rejected`).
+        """
+        try:
+            vectors = await self.embedder.embed([self._to_embed[h] for h in hashes], "document")
+        except EmbedRejected as e:
+            if len(hashes) == 1:
+                self._rejected[hashes[0]] = str(e)
+                return {}
+            middle = len(hashes) // 2
+            first = await self._embed_batch(hashes[:middle])
+            return first | await self._embed_batch(hashes[middle:])
+        return dict(zip(hashes, vectors, strict=True))
 
     def _write_ready(self, report: Report) -> None:
+        for p in self._waiting:
+            reasons = [self._rejected[c.hash] for c in p.chunks if c.hash in self._rejected]
+            if reasons:
+                self._problem(
+                    p.source,
+                    p.path,
+                    p.stat,
+                    "failed",
+                    f"embedding API rejected a chunk: {reasons[0]}",
+                    report,
+                )
+        self._waiting = [
+            p for p in self._waiting if not any(c.hash in self._rejected for c in p.chunks)
+        ]
         ready = [p for p in self._waiting if all(c.hash in self._vectors for c in p.chunks)]
         if not ready:
             return
@@ -344,6 +466,7 @@ class Engine:
                 p.stat.mtime_ns,
                 p.doc_hash,
                 [c.hash for c in p.chunks],
+                kept=(p.entry_id, p.body, p.doc.metadata) if p.entry_id else None,
             )
             if p.is_new:
                 report.added += 1
@@ -360,10 +483,11 @@ class Engine:
             "path": p.path,
             "chunk_count": len(p.chunks),
             "doc_hash": p.doc_hash,
-            "mtime": p.stat.mtime_ns / 1e9,
             "metadata": p.doc.metadata,
             "format": p.doc.format,
         }
+        if p.entry_id is None:
+            base["mtime"] = p.stat.mtime_ns / 1e9
         if p.doc.title:
             base["title"] = p.doc.title
         return [

@@ -6,6 +6,7 @@ state never claims more than the store holds; the engine repairs the other direc
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -51,6 +52,19 @@ MIGRATIONS = [
         name TEXT PRIMARY KEY,
         last_sync REAL,
         pending INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    """,
+    """
+    -- Queue sources cannot be replayed, so the last text of each document is kept to
+    -- repair the store from, with the stream entry that set it (later entries win;
+    -- a delete leaves a row with NULL text, so an older redelivered entry stays dead).
+    CREATE TABLE queued_documents (
+        source TEXT NOT NULL,
+        path TEXT NOT NULL,
+        entry_id TEXT NOT NULL,
+        text TEXT,
+        metadata TEXT,
+        PRIMARY KEY (source, path)
     ) WITHOUT ROWID;
     """,
 ]
@@ -140,9 +154,23 @@ class State:
         return [r[0] for r in rows]
 
     def record_synced(
-        self, source: str, path: str, size: int, mtime_ns: int, doc_hash: str, hashes: list[str]
+        self,
+        source: str,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        doc_hash: str,
+        hashes: list[str],
+        kept: tuple[str, str, dict] | None = None,
     ) -> None:
+        """The document's points are in the store; `kept` = (entry id, text, metadata)."""
         with self.transaction() as db:
+            if kept is not None:
+                entry_id, text, metadata = kept
+                db.execute(
+                    "INSERT OR REPLACE INTO queued_documents VALUES (?, ?, ?, ?, ?)",
+                    (source, path, entry_id, text, json.dumps(metadata)),
+                )
             db.execute("DELETE FROM chunks WHERE source=? AND path=?", (source, path))
             db.executemany(
                 "INSERT INTO chunks VALUES (?, ?, ?, ?)",
@@ -175,9 +203,15 @@ class State:
             (size, mtime_ns, source, path),
         )
 
-    def forget(self, source: str, paths: Iterable[str]) -> None:
+    def forget(self, source: str, paths: Iterable[str], entry_id: str | None = None) -> None:
+        """The documents are gone from the store; a queue delete leaves its entry id."""
         keys = [(source, p) for p in paths]
         with self.transaction() as db:
+            if entry_id is not None:
+                db.executemany(
+                    "INSERT OR REPLACE INTO queued_documents VALUES (?, ?, ?, NULL, NULL)",
+                    [(source, p, entry_id) for p in paths],
+                )
             db.executemany("DELETE FROM chunks WHERE source=? AND path=?", keys)
             db.executemany("DELETE FROM documents WHERE source=? AND path=?", keys)
 
@@ -188,6 +222,25 @@ class State:
                pending=excluded.pending, last_sync=coalesce(excluded.last_sync, sources.last_sync)""",
             (source, time.time() if synced else None, pending),
         )
+
+    def queued(
+        self, source: str, paths: Iterable[str] | None = None
+    ) -> dict[str, tuple[str, str | None, dict]]:
+        """path → (entry id, kept text or None if deleted, metadata) of a queue source."""
+        sql = "SELECT path, entry_id, text, metadata FROM queued_documents WHERE source=?"
+        if paths is None:
+            rows = list(self.db.execute(sql, (source,)))
+        else:
+            keys, rows = list(set(paths)), []
+            for i in range(0, len(keys), 500):
+                part = keys[i : i + 500]
+                rows += self.db.execute(
+                    f"{sql} AND path IN ({','.join('?' * len(part))})", [source, *part]
+                )
+        return {
+            path: (entry, text, json.loads(meta) if meta else {})
+            for path, entry, text, meta in rows
+        }
 
     # -- vectors --------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Scan a folder tree: which included files exist, with their size and mtime.
+"""Scan and watch a folder tree: which included files exist, with their size and mtime.
 
 Only `stat` is called here; contents are read by the engine, and only for files whose
 size or mtime differ from what the state recorded.
@@ -6,11 +6,17 @@ size or mtime differ from what the state recorded.
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
 from wcmatch import glob
 
 from syncd.config import FolderSource
@@ -107,6 +113,56 @@ def stat_paths(source: FolderSource, paths: set[str]) -> dict[str, FileStat]:
             continue
         found[rel] = FileStat(st.st_size, st.st_mtime_ns)
     return found
+
+
+class _Events(FileSystemEventHandler):
+    """Runs in watchdog's thread; hands relative paths (None: the whole source) to `hint`."""
+
+    def __init__(self, source: FolderSource, hint: Callable[[str, str | None], None]) -> None:
+        self.hint = hint
+        self.source = source
+        self.root = str(source.path.resolve())
+        self.matcher = Matcher(source.include, source.exclude)
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        paths = [event.src_path, getattr(event, "dest_path", "")]
+        for raw in filter(None, paths):
+            raw = os.fsdecode(raw)
+            if not raw.startswith(self.root + os.sep):
+                continue
+            rel = raw[len(self.root) + 1 :].replace(os.sep, "/")
+            if event.is_directory:
+                # A moved or deleted tree sends one event for the whole tree.
+                self.hint(self.source.name, None)
+            elif self.matcher.included(rel):
+                self.hint(self.source.name, rel)
+
+
+def watch(
+    source: FolderSource, polling: bool, hint: Callable[[str, str | None], None]
+) -> BaseObserver:
+    """Start a watchdog observer on the source; events become `hint(source, path)` calls."""
+    handler = _Events(source, hint)
+    observer = PollingObserver() if polling else Observer()
+    try:
+        observer.schedule(handler, str(source.path), recursive=True)
+        observer.start()
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EMFILE):
+            raise
+        log.warning(
+            "inotify_limit_reached",
+            source=source.name,
+            error=e.strerror,
+            fix="sysctl fs.inotify.max_user_watches=524288 (and max_user_instances)",
+            fallback="polling",
+        )
+        observer = PollingObserver()
+        observer.schedule(handler, str(source.path), recursive=True)
+        observer.start()
+    return observer
 
 
 def _inside(link: Path, real_root: Path) -> bool:

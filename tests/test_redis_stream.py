@@ -1,0 +1,224 @@
+"""The Redis Streams source against a real redis-server, driven through `syncd run`."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import points
+from test_daemon import Daemon, free_port, get, wait_until
+
+from syncd.chunking import chunk_text
+from syncd.config import load_config
+from syncd.store import point_id
+
+STREAM = "syncd:docs"
+
+
+@pytest.fixture
+def queue(redis_server, make_config, tmp_path):
+    port = free_port()
+    config = make_config(
+        sources=[
+            {
+                "name": "cms",
+                "type": "redis",
+                "url": redis_server.url,
+                "stream": STREAM,
+                "claim_idle_seconds": 1,
+                "batch": 200,
+            }
+        ],
+        watch={"debounce_seconds": 0.2, "rescan_interval_seconds": 0},
+        server={"listen": f"127.0.0.1:{port}"},
+        log={"format": "json"},
+    )
+    d = Daemon(tmp_path, config, port)
+    yield d
+    if d.proc and d.proc.poll() is None:
+        d.proc.kill()
+        d.proc.wait()
+
+
+def stream_status(daemon: Daemon) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "syncd", "status", "--json", "-c", str(daemon.config)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return json.loads(out.stdout)["sources"][0]
+
+
+def drained(daemon: Daemon) -> bool:
+    s = stream_status(daemon)["stream"]
+    return s["lag"] == 0 and s["pending"] == 0
+
+
+def assert_store_is(daemon: Daemon, documents: dict[str, tuple[str, dict]]) -> None:
+    """The collection holds exactly the chunks of these documents (id → text, metadata)."""
+    settings = load_config(daemon.config)
+    want = {}
+    for doc_id, (text, metadata) in documents.items():
+        chunks = chunk_text(text, settings.chunking.max_chars, settings.chunking.overlap_chars)
+        for i, c in enumerate(chunks):
+            want[point_id("cms", doc_id, i)] = {
+                "path": doc_id,
+                "text": c.text,
+                "metadata": metadata,
+                "chunk_count": len(chunks),
+                "source": "cms",
+            }
+    got = points(settings)
+    assert got.keys() == want.keys()
+    for pid, fields in want.items():
+        assert {k: got[pid][k] for k in fields} == fields
+
+
+def publish(client, ops: list[dict]) -> None:
+    pipe = client.pipeline()
+    for op in ops:
+        pipe.xadd(STREAM, op)
+    pipe.execute()
+
+
+def mixed_ops(n: int, ids: int, seed: int) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
+    """n entries over `ids` documents: upserts, rewrites of the same ids, deletes."""
+    rng = random.Random(seed)
+    ops, final = [], {}
+    for i in range(n):
+        doc = f"doc-{rng.randrange(ids)}"
+        if rng.random() < 0.15:
+            ops.append({"op": "delete", "id": doc})
+            final.pop(doc, None)
+        else:
+            text = f"Document {doc}, revision {i}: a note about {rng.choice(['tea', 'rain', 'maps', 'owls'])}."
+            meta = {"rev": i, "tags": [rng.choice(["a", "b"])]}
+            ops.append({"op": "upsert", "id": doc, "text": text, "metadata": json.dumps(meta)})
+            final[doc] = (text, meta)
+    return ops, final
+
+
+def test_backlog_and_5000_mixed_entries_end_exactly_as_the_final_documents(queue, redis_server):
+    client = redis_server.client()
+    ops, final = mixed_ops(5000, 1500, seed=1)
+    publish(client, ops[:2000])  # a backlog written before syncd first ran
+    queue.start().wait_ready()
+    publish(client, ops[2000:])
+    wait_until(lambda: drained(queue), 120, "stream drained")
+    assert queue.stop() == 0
+    assert_store_is(queue, final)
+    assert client.xlen(f"{STREAM}:dead") == 0
+
+
+def test_unchanged_upsert_embeds_nothing(queue, redis_server):
+    client = redis_server.client()
+    publish(client, [{"op": "upsert", "id": "a", "text": "Same text."}])
+    queue.start().wait_ready()
+    wait_until(lambda: drained(queue), 30, "first")
+    _, metrics_before = get(queue.url("/metrics"))
+    publish(client, [{"op": "upsert", "id": "a", "text": "Same text."}])
+    wait_until(lambda: drained(queue), 30, "second")
+    _, metrics_after = get(queue.url("/metrics"))
+    line = next(
+        x for x in metrics_after.splitlines() if x.startswith("syncd_chunks_embedded_total")
+    )
+    assert line in metrics_before  # the counter did not move
+    assert queue.stop() == 0
+    assert_store_is(queue, {"a": ("Same text.", {})})
+
+
+def test_malformed_entries_go_to_the_dead_letter_stream_and_others_flow(queue, redis_server):
+    client = redis_server.client()
+    publish(
+        client,
+        [
+            {"op": "upsert", "id": "good", "text": "A good document."},
+            {"op": "rename", "id": "x"},
+            {"op": "upsert", "text": "no id"},
+            {"op": "upsert", "id": "badmeta", "text": "t", "metadata": "[1, 2]"},
+            {"op": "upsert", "id": "nometa", "text": "Another good one.", "metadata": "{not json"},
+        ],
+    )
+    queue.start().wait_ready()
+    wait_until(lambda: drained(queue), 30, "drained")
+    dead = client.xrange(f"{STREAM}:dead")
+    reasons = sorted(fields["_reason"] for _, fields in dead)
+    assert len(reasons) == 4
+    assert any("op must be" in r for r in reasons) and any(
+        "missing field 'id'" in r for r in reasons
+    )
+    assert any("JSON object" in r for r in reasons) and any("not JSON" in r for r in reasons)
+    assert stream_status(queue)["stream"]["dead"] == 4
+    assert queue.stop() == 0
+    assert_store_is(queue, {"good": ("A good document.", {})})
+
+
+def test_kill_9_mid_stream_then_restart_loses_and_duplicates_nothing(queue, redis_server):
+    client = redis_server.client()
+    ops, final = mixed_ops(3000, 800, seed=2)
+    publish(client, ops)
+    rng = random.Random(3)
+    for _ in range(3):
+        queue.start()
+        time.sleep(rng.uniform(1.5, 4.0))
+        queue.stop(signal.SIGKILL)
+    queue.start().wait_ready(timeout=60)
+    wait_until(lambda: drained(queue), 120, "drained after crashes")
+    assert queue.stop() == 0
+    assert_store_is(queue, final)
+
+
+def test_redis_restart_mid_run_resumes_by_itself(queue, redis_server):
+    client = redis_server.client()
+    publish(client, [{"op": "upsert", "id": "before", "text": "Written before the restart."}])
+    queue.start().wait_ready()
+    wait_until(lambda: drained(queue), 30, "first")
+    redis_server.stop()
+    time.sleep(2)
+    redis_server.start()
+    client = redis_server.client()
+    publish(client, [{"op": "upsert", "id": "after", "text": "Written after the restart."}])
+    wait_until(lambda: drained(queue), 60, "after restart")
+    assert queue.stop() == 0
+    assert_store_is(
+        queue,
+        {
+            "before": ("Written before the restart.", {}),
+            "after": ("Written after the restart.", {}),
+        },
+    )
+
+
+def test_resync_of_a_queue_source_repairs_the_store_from_sqlite(queue, redis_server):
+    import qdrant_edge as qe
+
+    client = redis_server.client()
+    publish(client, [{"op": "upsert", "id": f"d{i}", "text": f"Note {i}."} for i in range(5)])
+    queue.start().wait_ready()
+    wait_until(lambda: drained(queue), 30, "drained")
+    assert queue.stop() == 0
+    settings = load_config(queue.config)
+    shard = qe.EdgeShard.load(str(settings.qdrant.path / settings.qdrant.collection))
+    shard.update(
+        qe.UpdateOperation.delete_points_by_filter(
+            qe.Filter(must=[qe.FieldCondition("path", match=qe.MatchValue("d3"))])
+        )
+    )
+    shard.close()
+    redis_server.stop()  # resync reads nothing from Redis
+    out = subprocess.run(
+        [sys.executable, "-m", "syncd", "resync", "--json", "-c", str(queue.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = json.loads(out.stdout)
+    assert (out.returncode, report["updated"], report["texts_embedded"]) == (0, 1, 0)
+    assert_store_is(queue, {f"d{i}": (f"Note {i}.", {}) for i in range(5)})
