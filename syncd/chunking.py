@@ -71,7 +71,9 @@ def _pack(paragraphs: list[str], budget: int, markdown: bool) -> list[str]:
     size = 0
     for p in paragraphs:
         starts_section = markdown and _HEADING.match(p) is not None
-        if current and (size + 2 + len(p) > budget or starts_section):
+        # A heading starts a chunk, unless the chunk so far is only headings above it.
+        new_section = starts_section and not all(_HEADING.match(c) for c in current)
+        if current and (size + 2 + len(p) > budget or new_section):
             chunks.append("\n\n".join(current))
             current, size = [], 0
         current.append(p)

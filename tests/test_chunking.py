@@ -70,3 +70,9 @@ def test_one_edited_paragraph_changes_few_chunks():
 def test_chunking_is_deterministic():
     body = text(4, 50)
     assert chunk_text(body, 700, 70) == chunk_text(body, 700, 70)
+
+
+def test_a_title_heading_stays_with_the_first_section():
+    body = "# Title\n\n## First\n\nSome text.\n\n## Second\n\nMore text."
+    first = chunk_text(body, 1000, 0, markdown=True)[0].text
+    assert first == "# Title\n\n## First\n\nSome text."
