@@ -28,6 +28,8 @@ _HEADING = re.compile(r"#{1,6}\s")
 class Chunk:
     text: str
     hash: str
+    #: 1-based page the chunk's own text starts on, for paged documents.
+    page: int | None = None
 
 
 def chunk_hash(text: str) -> str:
@@ -35,54 +37,65 @@ def chunk_hash(text: str) -> str:
 
 
 def chunk_text(
-    text: str, max_chars: int, overlap_chars: int, markdown: bool = False
+    text: str, max_chars: int, overlap_chars: int, markdown: bool = False, paged: bool = False
 ) -> list[Chunk]:
+    """`paged`: pages are separated by form feeds; each chunk records its first page."""
     budget = max_chars - overlap_chars
-    bodies = _pack(_paragraphs(text, budget), budget, markdown)
+    bodies = _pack(_paragraphs(text, budget, paged), budget, markdown)
     chunks = []
-    for i, body in enumerate(bodies):
+    for i, (body, page) in enumerate(bodies):
         if i and overlap_chars:
-            tail = _tail(bodies[i - 1], overlap_chars)
+            tail = _tail(bodies[i - 1][0], overlap_chars)
             if tail:
                 body = f"{tail}\n\n{body}"
-        chunks.append(Chunk(body, chunk_hash(body)))
+        chunks.append(Chunk(body, chunk_hash(body), page))
     return chunks
 
 
-def _paragraphs(text: str, budget: int) -> list[str]:
+def _paragraphs(text: str, budget: int, paged: bool) -> list[tuple[str, int | None]]:
     splitter = None
-    out: list[str] = []
-    for block in _BLANK_LINES.split(text.replace("\r\n", "\n")):
-        block = block.strip()
-        if not block:
-            continue
-        if len(block) <= budget:
-            out.append(block)
-            continue
-        splitter = splitter or TextSplitter(budget)
-        out.extend(splitter.chunks(block))
+    out: list[tuple[str, int | None]] = []
+    pages = text.split("\f") if paged else [text]
+    for number, page in enumerate(pages, start=1):
+        where = number if paged else None
+        for block in _BLANK_LINES.split(page.replace("\r\n", "\n")):
+            block = block.strip()
+            if not block:
+                continue
+            if len(block) <= budget:
+                out.append((block, where))
+                continue
+            splitter = splitter or TextSplitter(budget)
+            out.extend((piece, where) for piece in splitter.chunks(block))
     return out
 
 
-def _pack(paragraphs: list[str], budget: int, markdown: bool) -> list[str]:
+def _pack(
+    paragraphs: list[tuple[str, int | None]], budget: int, markdown: bool
+) -> list[tuple[str, int | None]]:
+    """Paragraphs → (chunk body, page of its first paragraph)."""
     target = budget / 2
-    chunks: list[str] = []
+    chunks: list[tuple[str, int | None]] = []
     current: list[str] = []
+    first_page: int | None = None
     size = 0
-    for p in paragraphs:
+    for p, page in paragraphs:
         starts_section = markdown and _HEADING.match(p) is not None
         # A heading starts a chunk, unless the chunk so far is only headings above it.
         new_section = starts_section and not all(_HEADING.match(c) for c in current)
-        if current and (size + 2 + len(p) > budget or new_section):
-            chunks.append("\n\n".join(current))
+        # A new page starts a chunk too, so every chunk lies on the page it names.
+        if current and (size + 2 + len(p) > budget or new_section or page != first_page):
+            chunks.append(("\n\n".join(current), first_page))
             current, size = [], 0
+        if not current:
+            first_page = page
         current.append(p)
         size += len(p) + (2 if size else 0)
         if not starts_section and _ends_chunk(p, target):
-            chunks.append("\n\n".join(current))
+            chunks.append(("\n\n".join(current), first_page))
             current, size = [], 0
     if current:
-        chunks.append("\n\n".join(current))
+        chunks.append(("\n\n".join(current), first_page))
     return chunks
 
 

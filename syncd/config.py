@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from syncd.errors import ConfigError
+from syncd.extract import DEFAULT_INCLUDE
 
 # The AI21 Embed API takes texts shorter than 2,000 characters.
 AI21_MAX_CHARS = 2000
@@ -38,10 +39,12 @@ class FolderSource(Section):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     type: Literal["folder"] = "folder"
     path: Path
-    include: list[str] = ["**/*.md", "**/*.markdown", "**/*.txt", "**/*.rst"]
+    include: list[str] = DEFAULT_INCLUDE
     exclude: list[str] = ["**/.git/**", "**/.syncd/**", "**/node_modules/**"]
     # Larger files are recorded as skipped, not read.
-    max_file_bytes: Annotated[int, Field(gt=0)] = 10_000_000
+    max_file_bytes: Annotated[int, Field(gt=0)] = 32_000_000
+    # A file whose extraction takes longer is recorded as failed.
+    extract_timeout_seconds: Annotated[float, Field(gt=0)] = 60
 
 
 class RedisSource(Section):

@@ -26,7 +26,7 @@ from syncd import metrics
 from syncd.chunking import Chunk, chunk_text
 from syncd.config import FolderSource, RedisSource, Settings
 from syncd.embedders import Embedder, make_embedder
-from syncd.errors import DocumentError, EmbedRejected
+from syncd.errors import DocumentError, EmbedRejected, UnsupportedFormat
 from syncd.extract import Extracted, extract
 from syncd.sources import folder
 from syncd.sources.folder import FileStat
@@ -34,6 +34,9 @@ from syncd.state import DocRow, State
 from syncd.store import Hit, Identity, PointData, Store, open_store, point_id
 
 log = structlog.get_logger()
+
+# Documents read and extracted at once (threads; kreuzberg and file reads release the GIL).
+EXTRACT_CONCURRENCY = 4
 
 
 @dataclass
@@ -216,13 +219,18 @@ class Engine:
         self._delete(source.name, plan.delete, report)
         known = self.state.documents(source.name)
         todo = plan.add + plan.update
-        for done, path in enumerate(todo):
+        # Files are read and extracted a few at a time, off the event loop.
+        for done in range(0, len(todo), EXTRACT_CONCURRENCY):
             if self.stopping.is_set():
                 self.state.set_pending(source.name, len(todo) - done)
                 break
-            prepared = await self._prepare(source, plan, path, known.get(path), force, report)
-            if prepared is not None:
-                await self._enqueue(prepared, force, report)
+            window = todo[done : done + EXTRACT_CONCURRENCY]
+            prepared = await asyncio.gather(
+                *(self._prepare(source, plan, p, known.get(p), force, report) for p in window)
+            )
+            for p in prepared:
+                if p is not None:
+                    await self._enqueue(p, force, report)
         await self._drain(report)
         if not self.stopping.is_set():
             self.state.set_pending(source.name, 0, synced=True)
@@ -358,15 +366,34 @@ class Engine:
             self.progress.advance(documents=1)
             return None
         try:
-            extracted = extract(path, data)
+            # A runaway extraction is abandoned (its thread finishes in the background).
+            extracted, chunks = await asyncio.wait_for(
+                asyncio.to_thread(self._extract_and_chunk, path, data),
+                timeout=source.extract_timeout_seconds,
+            )
+        except UnsupportedFormat as e:
+            self._problem(source.name, path, stat, "skipped", str(e), report)
+            return None
         except DocumentError as e:
             self._problem(source.name, path, stat, "failed", str(e), report)
             return None
+        except TimeoutError:
+            reason = f"extraction took longer than {source.extract_timeout_seconds:g}s"
+            self._problem(source.name, path, stat, "failed", reason, report)
+            return None
+        return _Prepared(source.name, path, stat, doc_hash, extracted, chunks, doc is None)
+
+    def _extract_and_chunk(self, path: str, data: bytes) -> tuple[Extracted, list[Chunk]]:
+        extracted = extract(path, data)
         chunking = self.settings.chunking
         chunks = chunk_text(
-            extracted.text, chunking.max_chars, chunking.overlap_chars, extracted.is_markdown
+            extracted.text,
+            chunking.max_chars,
+            chunking.overlap_chars,
+            extracted.is_markdown,
+            extracted.paged,
         )
-        return _Prepared(source.name, path, stat, doc_hash, extracted, chunks, doc is None)
+        return extracted, chunks
 
     def _problem(
         self, source: str, path: str, stat: FileStat, status: str, reason: str, report: Report
@@ -494,7 +521,13 @@ class Engine:
             PointData(
                 point_id(p.source, p.path, i),
                 self._vectors[c.hash],
-                {**base, "chunk_index": i, "text": c.text, "chunk_hash": c.hash},
+                {
+                    **base,
+                    "chunk_index": i,
+                    "text": c.text,
+                    "chunk_hash": c.hash,
+                    **({"page": c.page} if c.page is not None else {}),
+                },
             )
             for i, c in enumerate(p.chunks)
         ]

@@ -7,7 +7,8 @@
     │   ├── EmbedAuth          the embedding API refused the key (401/403)
     │   └── StoreLocked        the embedded store is held by another process (`syncd run`)
     ├── DocumentError          one document cannot be synced; recorded as failed, others go on
-    │   └── EmbedRejected      the embedding API rejected this document's text (400/413/422)
+    │   ├── EmbedRejected      the embedding API rejected this document's text (400/413/422)
+    │   └── UnsupportedFormat  not a kind of file syncd reads; recorded as skipped
     ├── EmbedTransient         connection error, timeout, 408/429/5xx: retried, never fatal to a document
     └── StoreError             Qdrant answered with an error for a write or query
 
@@ -54,6 +55,10 @@ class DocumentError(SyncdError):
 
 class EmbedRejected(DocumentError):
     """The embedding API rejected a text of this document."""
+
+
+class UnsupportedFormat(DocumentError):
+    """syncd does not read this kind of file; it is skipped, not failed."""
 
 
 class EmbedTransient(SyncdError):

@@ -76,3 +76,14 @@ def test_a_title_heading_stays_with_the_first_section():
     body = "# Title\n\n## First\n\nSome text.\n\n## Second\n\nMore text."
     first = chunk_text(body, 1000, 0, markdown=True)[0].text
     assert first == "# Title\n\n## First\n\nSome text."
+
+
+def test_paged_text_gives_each_chunk_the_page_it_starts_on():
+    pages = ["First page text.", "Second page.\n\nStill page two.", "", "Fourth page."]
+    chunks = chunk_text("\f".join(pages), 1000, 0, paged=True)
+    assert [(c.text, c.page) for c in chunks] == [
+        ("First page text.", 1),
+        ("Second page.\n\nStill page two.", 2),
+        ("Fourth page.", 4),
+    ]
+    assert all(c.page is None for c in chunk_text("a\fb", 1000, 0))

@@ -19,7 +19,7 @@ def test_include_and_exclude_globs_with_posix_relative_paths(tmp_path):
         "a.md",
         "d/b.md",
         "d/e/c.txt",
-        "d/skip.py",
+        "d/skip.bin",
         ".git/x.md",
         "d/.git/y.md",
         "drafts/z.md",
