@@ -45,6 +45,9 @@ class FolderSource(Section):
     max_file_bytes: Annotated[int, Field(gt=0)] = 32_000_000
     # A file whose extraction takes longer is recorded as failed.
     extract_timeout_seconds: Annotated[float, Field(gt=0)] = 60
+    # OCR of pages without a text layer (Tesseract; needs e.g. Debian's tesseract-ocr-eng).
+    ocr: bool = False
+    ocr_language: Annotated[str, Field(pattern=r"^[a-z_]{3,}(\+[a-z_]{3,})*$")] = "eng"
 
 
 class RedisSource(Section):

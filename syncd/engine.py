@@ -368,7 +368,9 @@ class Engine:
         try:
             # A runaway extraction is abandoned (its thread finishes in the background).
             extracted, chunks = await asyncio.wait_for(
-                asyncio.to_thread(self._extract_and_chunk, path, data),
+                asyncio.to_thread(
+                    self._extract_and_chunk, path, data, source.ocr_language if source.ocr else None
+                ),
                 timeout=source.extract_timeout_seconds,
             )
         except UnsupportedFormat as e:
@@ -383,8 +385,10 @@ class Engine:
             return None
         return _Prepared(source.name, path, stat, doc_hash, extracted, chunks, doc is None)
 
-    def _extract_and_chunk(self, path: str, data: bytes) -> tuple[Extracted, list[Chunk]]:
-        extracted = extract(path, data)
+    def _extract_and_chunk(
+        self, path: str, data: bytes, ocr_language: str | None
+    ) -> tuple[Extracted, list[Chunk]]:
+        extracted = extract(path, data, ocr_language)
         chunking = self.settings.chunking
         chunks = chunk_text(
             extracted.text,

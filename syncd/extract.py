@@ -8,6 +8,8 @@ into the page each chunk starts on.
 
 from __future__ import annotations
 
+import glob
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +79,8 @@ _DOCUMENTS = {
     ".rtf": "application/rtf",
 }
 _PAGED = {"application/pdf"}
+_PAGE_MARKER = "\f<syncd page {page_num}>\f"
+_PAGE_SPLIT = re.compile(r"\f?<syncd page (\d+)>\f")
 # Document properties worth keeping in the payload's metadata.
 _PROPERTIES = ("title", "subject", "authors", "keywords", "language", "created_at", "modified_at")
 
@@ -103,12 +107,16 @@ class Extracted:
         return self.format == "text/markdown"
 
 
-def extract(name: str, data: bytes) -> Extracted:
+def extract(name: str, data: bytes, ocr_language: str | None = None) -> Extracted:
     """Raise DocumentError with the reason when the bytes are not a readable document,
-    UnsupportedFormat when syncd does not read this kind of file at all."""
+    UnsupportedFormat when syncd does not read this kind of file at all.
+
+    With `ocr_language` (a Tesseract language such as "eng"), pages without a text layer
+    are read by OCR.
+    """
     suffix = name[name.rfind(".") :].lower() if "." in name.rsplit("/", 1)[-1] else ""
     if suffix in _DOCUMENTS:
-        return _document(data, _DOCUMENTS[suffix])
+        return _document(data, _DOCUMENTS[suffix], ocr_language)
     known = suffix in _MARKDOWN or suffix in _PLAIN or suffix in _CODE
     if b"\x00" in data[:_SNIFF]:
         if known:
@@ -142,20 +150,28 @@ def _markdown(text: str) -> Extracted:
     return Extracted(text=text, format="text/markdown", title=title, metadata=metadata)
 
 
-def _document(data: bytes, mime: str) -> Extracted:
+def _document(data: bytes, mime: str, ocr_language: str | None) -> Extracted:
     import kreuzberg  # 80 ms to import; only needed for these formats
 
     paged = mime in _PAGED
-    config = kreuzberg.ExtractionConfig(pages=kreuzberg.PageConfig(extract_pages=paged))
+    ocr = None
+    if ocr_language:
+        _find_tessdata()
+        ocr = kreuzberg.OcrConfig(backend="tesseract", language=ocr_language)
+    # Page markers in the text, rather than result.pages, because OCR'd pages come back
+    # only in the text.
+    pages = kreuzberg.PageConfig(
+        extract_pages=paged, insert_page_markers=paged, marker_format=_PAGE_MARKER
+    )
+    config = kreuzberg.ExtractionConfig(pages=pages, **({"ocr": ocr} if ocr else {}))
     try:
         result = kreuzberg.extract_bytes_sync(data, mime, config)
     except Exception as e:  # any failure of the library is this document's, not the run's
         raise DocumentError(_reason(e)) from None
     if paged:
-        pages = result.pages or []
-        if not pages:
+        if not result.get_page_count():
             raise DocumentError("document has no pages")
-        text = PAGE_BREAK.join(p["content"] for p in sorted(pages, key=lambda p: p["page_number"]))
+        text = _join_pages(result.content)
     else:
         text = result.content
     metadata = {
@@ -163,6 +179,24 @@ def _document(data: bytes, mime: str) -> Extracted:
     }
     title = metadata.get("title") if isinstance(metadata.get("title"), str) else None
     return Extracted(text=text, format=mime, title=title, metadata=metadata, paged=paged)
+
+
+def _join_pages(marked: str) -> str:
+    """Text with page markers → pages in order, joined by PAGE_BREAK (blank pages kept)."""
+    parts = _PAGE_SPLIT.split(marked)
+    pages: dict[int, str] = {}
+    for number, text in zip(parts[1::2], parts[2::2], strict=True):
+        pages[int(number)] = text.strip()
+    count = max(pages, default=0)
+    return PAGE_BREAK.join(pages.get(n, "") for n in range(1, count + 1))
+
+
+def _find_tessdata() -> None:
+    """Point Tesseract at Debian's language data (tesseract-ocr-eng etc.) unless told."""
+    if "TESSDATA_PREFIX" not in os.environ:
+        found = sorted(glob.glob("/usr/share/tesseract-ocr/*/tessdata"))
+        if found:
+            os.environ["TESSDATA_PREFIX"] = found[-1]
 
 
 def _reason(error: Exception) -> str:

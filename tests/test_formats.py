@@ -238,8 +238,39 @@ def test_unchanged_pdf_is_not_extracted_again(library, settings, resync, monkeyp
     calls = []
     real = engine_module.extract
     monkeypatch.setattr(
-        engine_module, "extract", lambda name, data: calls.append(name) or real(name, data)
+        engine_module,
+        "extract",
+        lambda name, data, ocr=None: calls.append(name) or real(name, data, ocr),
     )
     os.utime(library / "report.pdf")  # new mtime, same bytes
     report = resync(settings)
     assert (report.unchanged, report.texts_embedded, calls) == (11, 0, [])
+
+
+def scanned_pdf(sentence: str) -> bytes:
+    """A PDF whose only page is a picture of the sentence: no text layer."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.new("RGB", (1400, 240), "white")
+    ImageDraw.Draw(image).text(
+        (20, 90), sentence, fill="black", font=ImageFont.load_default(size=44)
+    )
+    png = io.BytesIO()
+    image.save(png, "PNG")
+    doc = FPDF()
+    doc.add_page()
+    doc.image(io.BytesIO(png.getvalue()), x=10, y=10, w=190)
+    return bytes(doc.output())
+
+
+def test_ocr_reads_a_scanned_pdf_only_when_switched_on(docs, make_config, resync):
+    from syncd.config import load_config
+
+    (docs / "scan.pdf").write_bytes(scanned_pdf("The scanned word is pelican."))
+    plain = load_config(make_config())
+    resync(plain)
+    assert all("pelican" not in p["text"] for p in points(plain).values())
+    with_ocr = load_config(make_config(sources=[{"name": "docs", "path": "./docs", "ocr": True}]))
+    resync(with_ocr, force=True)
+    (page,) = [p for p in points(with_ocr).values() if p["path"] == "scan.pdf"]
+    assert "pelican" in page["text"] and page["page"] == 1
