@@ -64,6 +64,11 @@ class UnsupportedFormat(DocumentError):
 class EmbedTransient(SyncdError):
     """A failure of the embedding API that is worth retrying."""
 
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        #: Seconds the server asked us to wait (Retry-After), if it said.
+        self.retry_after = retry_after
+
 
 class StoreError(SyncdError):
     """Qdrant answered a request with an error."""

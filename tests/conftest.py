@@ -187,3 +187,13 @@ def redis_server(tmp_path: Path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def fake_embed():
+    """A fake AI21/OpenAI embedding API on a free loopback port."""
+    from fake_embed import FakeEmbedAPI
+
+    api = FakeEmbedAPI().start()
+    yield api
+    api.stop()

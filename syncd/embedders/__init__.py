@@ -7,7 +7,6 @@ from typing import Literal, Protocol
 import numpy as np
 
 from syncd.config import Embedder as EmbedderConfig
-from syncd.errors import ConfigError
 
 Kind = Literal["document", "query"]
 
@@ -42,6 +41,10 @@ def make_embedder(config: EmbedderConfig) -> Embedder:
         from syncd.embedders.local import LocalEmbedder
 
         return LocalEmbedder(config)
-    raise ConfigError(
-        f"embedder.provider: {config.provider!r} is not available in this version; use 'local'"
-    )
+    if config.provider == "ai21":
+        from syncd.embedders.ai21 import AI21Embedder
+
+        return AI21Embedder(config)
+    from syncd.embedders.openai import OpenAIEmbedder
+
+    return OpenAIEmbedder(config)

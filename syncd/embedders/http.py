@@ -1,0 +1,206 @@
+"""What every remote embedding API shares: one HTTP client, the client-side rate limit,
+bounded concurrency, retries, response checks and metrics. Providers add only their
+request body and how to read the answer.
+
+Limits are libraries' work: aiolimiter spaces requests (a bucket of one, so there is no
+burst above `requests_per_minute`), tenacity retries with exponential backoff and jitter,
+waiting at least as long as a Retry-After header asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import numpy as np
+import structlog
+from aiolimiter import AsyncLimiter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from syncd import metrics
+from syncd.config import Embedder as EmbedderConfig
+from syncd.config import api_key
+from syncd.embedders import Kind
+from syncd.errors import BackendUnavailable, EmbedAuth, EmbedRejected, EmbedTransient
+
+log = structlog.get_logger()
+
+# Retried: the request may well succeed later.
+TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+# The request itself is wrong: split the batch to find the text the API refuses.
+REJECTED_STATUS = {400, 413, 422}
+
+
+class RemoteEmbedder:
+    provider: str = ""
+    default_base_url: str = ""
+    path: str = ""
+
+    def __init__(
+        self,
+        config: EmbedderConfig,
+        retry_seconds: float = 300,
+        max_backoff_seconds: float = 60,
+    ) -> None:
+        self.model_id = f"{self.provider}:{config.model}"
+        self.model = config.model
+        self.dimension = 0
+        self.max_batch = config.batch_size
+        key, self.key_source = api_key(config)
+        self.base_url = (config.base_url or self.default_base_url).rstrip("/")
+        self._client = httpx.AsyncClient(
+            timeout=config.timeout_seconds,
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+        )
+        self._limiter = AsyncLimiter(1, 60 / config.requests_per_minute)
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._retry_seconds = retry_seconds
+        self._wait = wait_exponential_jitter(multiplier=0.5, jitter=0.5, max=max_backoff_seconds)
+
+    # -- what a provider defines ----------------------------------------------------------
+
+    def body(self, texts: list[str], kind: Kind) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def vectors(self, answer: Any) -> list[list[float]]:
+        raise NotImplementedError
+
+    def check(self, texts: list[str]) -> None:
+        """Refuse, before sending, what the API is known to refuse."""
+
+    # -- the shared part --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        (vector,) = await self.embed(["dimension probe"], "document")
+        self.dimension = len(vector)
+        log.info(
+            "embedder_ready", provider=self.provider, model=self.model, dimension=self.dimension
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def embed(self, texts: list[str], kind: Kind) -> np.ndarray:
+        self.check(texts)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(EmbedTransient),
+            wait=self._backoff,
+            stop=stop_after_delay(self._retry_seconds),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._request(texts, kind, attempt.retry_state.attempt_number)
+        except EmbedTransient as e:
+            raise BackendUnavailable(
+                f"{self.provider} embedding API at {self.base_url} kept failing for "
+                f"{self._retry_seconds:g}s: {e}"
+            ) from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _backoff(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        asked = getattr(error, "retry_after", None) or 0.0
+        return max(asked, self._wait(state))
+
+    async def _request(self, texts: list[str], kind: Kind, attempt: int) -> np.ndarray:
+        async with self._slots:
+            queued = time.monotonic()
+            async with self._limiter:
+                metrics.embed_ratelimit_wait_seconds.inc(time.monotonic() - queued)
+                started = time.monotonic()
+                try:
+                    response = await self._client.post(
+                        f"{self.base_url}{self.path}", json=self.body(texts, kind)
+                    )
+                except httpx.TransportError as e:  # connection errors and timeouts
+                    metrics.embed_requests.labels("error").inc()
+                    raise EmbedTransient(f"{type(e).__name__}: {e}") from None
+                finally:
+                    metrics.embed_request_seconds.observe(time.monotonic() - started)
+        status = response.status_code
+        metrics.embed_requests.labels(str(status)).inc()
+        ms = round((time.monotonic() - started) * 1000)
+        if status == 200:
+            vectors = self._parse(response, len(texts))
+            log.debug("batch_embedded", texts=len(texts), ms=ms, attempt=attempt)
+            return vectors
+        message = _api_message(response)
+        log.warning(
+            "embed_request_failed",
+            provider=self.provider,
+            status=status,
+            ms=ms,
+            attempt=attempt,
+            message=message,
+        )
+        if status in (401, 403):
+            raise EmbedAuth(
+                f"the {self.provider} embedding API refused the key from {self.key_source} "
+                f"(HTTP {status}: {message})",
+                hint="check the key; the documents stay pending until it works",
+            )
+        if status in TRANSIENT_STATUS:
+            raise EmbedTransient(f"HTTP {status}: {message}", _retry_after(response))
+        if status in REJECTED_STATUS:
+            raise EmbedRejected(f"HTTP {status}: {message}")
+        raise BackendUnavailable(
+            f"the {self.provider} embedding API at {self.base_url}{self.path} answered "
+            f"HTTP {status}: {message}",
+            hint="check embedder.base_url",
+        )
+
+    def _parse(self, response: httpx.Response, count: int) -> np.ndarray:
+        """A malformed answer is retried: it is the server's fault, never stored."""
+        try:
+            rows = self.vectors(response.json())
+            vectors = np.array(rows, dtype=np.float32)
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise EmbedTransient(f"malformed answer: {type(e).__name__}: {e}") from None
+        if vectors.ndim != 2 or vectors.shape[0] != count or not vectors.shape[1]:
+            raise EmbedTransient(
+                f"answer has {len(rows)} vectors of uneven or no size for {count} texts"
+            )
+        if self.dimension and vectors.shape[1] != self.dimension:
+            raise EmbedTransient(f"answer has {vectors.shape[1]} dimensions, not {self.dimension}")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.clip(norms, 1e-12, None)
+
+
+def _api_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    if isinstance(body, dict):
+        detail = body.get("detail") or body.get("error") or body.get("message") or body
+        if isinstance(detail, dict):
+            detail = detail.get("message", detail)
+        return str(detail)[:300]
+    return str(body)[:300]
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
