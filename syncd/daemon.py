@@ -225,27 +225,47 @@ async def run(settings: Settings, handle_signals: bool = True) -> None:
     stop = asyncio.Event()
     notifier = Notifier()
     try:
-        async with opened(settings) as engine:
-            daemon = Daemon(settings, engine)
-            server = (
-                HealthServer.start(settings.server.listen, daemon)
-                if settings.server.listen
-                else None
-            )
-            if handle_signals:
-                _on_signals(stop, engine)
-            watchdog = asyncio.ensure_future(notifier.keep_alive())
+        if handle_signals:
+            _on_signals(stop)
+        backoff = 1.0
+        while not stop.is_set():
             try:
-                await _bounded(daemon.run(stop, notifier), stop)
-            finally:
-                notifier.stopping()
-                watchdog.cancel()
-                daemon.stop_watching()
-                if server:
-                    server.stop()
+                await _serve(settings, stop, notifier)
+                break
+            except BackendUnavailable as e:
+                # Unreachable at start-up (the embedder's first request, Qdrant): wait it out.
+                log.warning("backend_unavailable", error=str(e), retry_in=backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
         log.info("stopped")
     finally:
         lock.release()
+
+
+async def _serve(settings: Settings, stop: asyncio.Event, notifier: Notifier) -> None:
+    async with opened(settings) as engine:
+        daemon = Daemon(settings, engine)
+        server = (
+            HealthServer.start(settings.server.listen, daemon) if settings.server.listen else None
+        )
+        # The engine stops taking documents as soon as a signal arrives.
+        stopping = asyncio.ensure_future(_relay(stop, engine.stopping))
+        watchdog = asyncio.ensure_future(notifier.keep_alive())
+        try:
+            await _bounded(daemon.run(stop, notifier), stop)
+        finally:
+            notifier.stopping()
+            watchdog.cancel()
+            stopping.cancel()
+            daemon.stop_watching()
+            if server:
+                server.stop()
+
+
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
 
 
 async def _bounded(work, stop: asyncio.Event) -> None:
@@ -267,7 +287,7 @@ async def _bounded(work, stop: asyncio.Event) -> None:
         await task
 
 
-def _on_signals(stop: asyncio.Event, engine: Engine) -> None:
+def _on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
 
     def first() -> None:
@@ -276,7 +296,6 @@ def _on_signals(stop: asyncio.Event, engine: Engine) -> None:
             os._exit(1)
         log.info("stopping", grace_seconds=SHUTDOWN_GRACE_SECONDS)
         stop.set()
-        engine.stopping.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, first)

@@ -59,6 +59,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, "text/plain", b"ok\n")
         elif url.path == "/readyz":
             ready = self.daemon.ready and self.daemon.healthy
+            # A remote embedder retrying an outage has not failed the sync yet, but is down.
+            ready = ready and getattr(self.daemon.engine.embedder, "failing_since", None) is None
             self._send(200 if ready else 503, "text/plain", b"ready\n" if ready else b"not ready\n")
         elif url.path == "/metrics":
             metrics.observe_state(self.daemon.engine.state, self.daemon.settings)

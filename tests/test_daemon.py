@@ -241,3 +241,40 @@ def test_kill_9_at_random_moments_then_a_final_run_converges(docs, daemon):
     daemon.start().wait_ready(timeout=120)
     assert daemon.stop() == 0
     assert_mirrors(load_config(daemon.config))
+
+
+def test_embedder_outage_of_20_seconds_delays_but_loses_nothing(
+    docs, make_config, tmp_path, fake_embed
+):
+    port = free_port()
+    config = make_config(
+        embedder={
+            "provider": "ai21",
+            "model": "m",
+            "base_url": fake_embed.url,
+            "api_key": "test-key",
+            "requests_per_minute": 6000,
+        },
+        watch={"debounce_seconds": 0.2, "rescan_interval_seconds": 0},
+        server={"listen": f"127.0.0.1:{port}"},
+        log={"format": "json"},
+    )
+    (docs / "before.txt").write_text("Written before the outage.\n")
+    daemon = Daemon(tmp_path, config, port).start()
+    try:
+        daemon.wait_ready()
+        fake_embed.outage = 503
+        for i in range(50):
+            (docs / f"during-{i:02}.txt").write_text(f"Note {i} written during the outage.\n")
+        wait_until(lambda: get(daemon.url("/readyz"))[0] == 503, 10, "readyz 503 during the outage")
+        time.sleep(20)
+        assert daemon.status()["documents"] == 1  # nothing marked done while the API is down
+        fake_embed.outage = None
+        wait_until(lambda: daemon.status()["documents"] == 51, 60, "all synced after recovery")
+        wait_until(lambda: get(daemon.url("/readyz"))[0] == 200, 10, "ready again")
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+    assert_mirrors(load_config(config))
+    assert any(r.status == 503 for r in fake_embed.log)

@@ -65,6 +65,8 @@ class RemoteEmbedder:
         self._limiter = AsyncLimiter(1, 60 / config.requests_per_minute)
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._retry_seconds = retry_seconds
+        #: Set while requests fail transiently (the daemon's /readyz reads it).
+        self.failing_since: float | None = None
         self._wait = wait_exponential_jitter(multiplier=0.5, jitter=0.5, max=max_backoff_seconds)
 
     # -- what a provider defines ----------------------------------------------------------
@@ -101,7 +103,9 @@ class RemoteEmbedder:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._request(texts, kind, attempt.retry_state.attempt_number)
+                    vectors = await self._request(texts, kind, attempt.retry_state.attempt_number)
+                    self.failing_since = None
+                    return vectors
         except EmbedTransient as e:
             raise BackendUnavailable(
                 f"{self.provider} embedding API at {self.base_url} kept failing for "
@@ -126,6 +130,7 @@ class RemoteEmbedder:
                     )
                 except httpx.TransportError as e:  # connection errors and timeouts
                     metrics.embed_requests.labels("error").inc()
+                    self.failing_since = self.failing_since or time.monotonic()
                     raise EmbedTransient(f"{type(e).__name__}: {e}") from None
                 finally:
                     metrics.embed_request_seconds.observe(time.monotonic() - started)
@@ -152,6 +157,7 @@ class RemoteEmbedder:
                 hint="check the key; the documents stay pending until it works",
             )
         if status in TRANSIENT_STATUS:
+            self.failing_since = self.failing_since or time.monotonic()
             raise EmbedTransient(f"HTTP {status}: {message}", _retry_after(response))
         if status in REJECTED_STATUS:
             raise EmbedRejected(f"HTTP {status}: {message}")
