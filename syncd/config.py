@@ -214,9 +214,11 @@ def load_config(path: Path | None = None) -> Settings:
         raise ConfigError(f"config file {path}: invalid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of sections")
-    # A user moving from embedded to server sets only qdrant.url; the path default must yield.
+    # Moving from embedded to server means setting qdrant.url: the path (the default, or
+    # the file's when the URL comes from the environment) must yield.
     qdrant = data.get("qdrant") or {}
-    if (qdrant.get("url") or os.environ.get("SYNCD_QDRANT__URL")) and "path" not in qdrant:
+    env_url = os.environ.get("SYNCD_QDRANT__URL") and "SYNCD_QDRANT__PATH" not in os.environ
+    if env_url or (qdrant.get("url") and "path" not in qdrant):
         data["qdrant"] = {**qdrant, "path": None}
     try:
         settings = Settings(**data)

@@ -26,11 +26,12 @@ from syncd import metrics
 from syncd.chunking import Chunk, chunk_text
 from syncd.config import FolderSource, RedisSource, Settings
 from syncd.embedders import Embedder, make_embedder
-from syncd.errors import DocumentError, EmbedRejected, UnsupportedFormat
+from syncd.embedders.batching import Batcher
+from syncd.errors import DocumentError, UnsupportedFormat
 from syncd.extract import Extracted, extract
 from syncd.sources import folder
 from syncd.sources.folder import FileStat
-from syncd.state import DocRow, State
+from syncd.state import DocRow, State, Synced
 from syncd.store import Hit, Identity, PointData, Store, open_store, point_id
 
 log = structlog.get_logger()
@@ -102,6 +103,8 @@ class _Prepared:
     doc: Extracted
     chunks: list[Chunk]
     is_new: bool
+    #: Points the store holds for the path now; None: unknown, so trim after writing.
+    points_before: int | None = None
     #: Queue documents: the stream entry, and the text kept because a queue cannot replay.
     entry_id: str | None = None
     body: str | None = None
@@ -130,13 +133,6 @@ class Engine:
         self.store = store
         self.embedder = embedder
         self.progress = progress or Progress()
-        self._batch = min(settings.embedder.batch_size, embedder.max_batch) if embedder else 0
-        # Vectors already known for texts of documents still waiting for theirs.
-        self._vectors: dict[str, np.ndarray] = {}
-        self._to_embed: dict[str, str] = {}
-        self._waiting: list[_Prepared] = []
-        # Chunk hash → the API's reason for refusing that text.
-        self._rejected: dict[str, str] = {}
         self.stopping = asyncio.Event()
 
     # -- planning -------------------------------------------------------------------------
@@ -219,19 +215,19 @@ class Engine:
         self._delete(source.name, plan.delete, report)
         known = self.state.documents(source.name)
         todo = plan.add + plan.update
-        # Files are read and extracted a few at a time, off the event loop.
-        for done in range(0, len(todo), EXTRACT_CONCURRENCY):
-            if self.stopping.is_set():
-                self.state.set_pending(source.name, len(todo) - done)
-                break
-            window = todo[done : done + EXTRACT_CONCURRENCY]
-            prepared = await asyncio.gather(
-                *(self._prepare(source, plan, p, known.get(p), force, report) for p in window)
-            )
-            for p in prepared:
-                if p is not None:
-                    await self._enqueue(p, force, report)
-        await self._drain(report)
+        async with self._batching(report) as batcher:
+            # Files are read and extracted a few at a time, off the event loop.
+            for done in range(0, len(todo), EXTRACT_CONCURRENCY):
+                if self.stopping.is_set():
+                    self.state.set_pending(source.name, len(todo) - done)
+                    break
+                window = todo[done : done + EXTRACT_CONCURRENCY]
+                prepared = await asyncio.gather(
+                    *(self._prepare(source, plan, p, known.get(p), force, report) for p in window)
+                )
+                for p in prepared:
+                    if p is not None:
+                        await batcher.add(p, p.chunks, use_cache=not force)
         if not self.stopping.is_set():
             self.state.set_pending(source.name, 0, synced=True)
         report.seconds = time.monotonic() - started
@@ -258,41 +254,58 @@ class Engine:
             report.deleted += 1
         known = self.state.documents(source)
         kept = self.state.queued(source, upserts)
-        for path, q in upserts.items():
-            data = q.text.encode("utf-8")
-            doc_hash = hashlib.sha256(data).hexdigest()
-            doc = known.get(path)
-            same = doc is not None and doc.status == "done" and doc.doc_hash == doc_hash
-            if same and not repair and kept.get(path, (None, None, None))[2] == q.metadata:
-                report.unchanged += 1
-                continue
-            fmt = q.metadata.get("format")
-            title = q.metadata.get("title")
-            extracted = Extracted(
-                text=q.text,
-                format=fmt if isinstance(fmt, str) and fmt.startswith("text/") else "text/plain",
-                title=title if isinstance(title, str) else None,
-                metadata=q.metadata,
-            )
-            chunking = self.settings.chunking
-            chunks = chunk_text(
-                q.text, chunking.max_chars, chunking.overlap_chars, extracted.is_markdown
-            )
-            prepared = _Prepared(
-                source,
-                path,
-                FileStat(len(data), 0),
-                doc_hash,
-                extracted,
-                chunks,
-                doc is None,
-                entry_id=q.entry_id,
-                body=q.text,
-            )
-            await self._enqueue(prepared, False, report)
-        await self._drain(report)
+        async with self._batching(report) as batcher:
+            for path, q in upserts.items():
+                prepared = self._prepare_queued(
+                    source, path, q, known.get(path), kept.get(path), repair
+                )
+                if prepared is None:
+                    report.unchanged += 1
+                else:
+                    await batcher.add(prepared, prepared.chunks)
         report.seconds = time.monotonic() - started
         return report
+
+    def _prepare_queued(
+        self,
+        source: str,
+        path: str,
+        q: QueuedDocument,
+        doc: DocRow | None,
+        kept: tuple[str, str | None, dict] | None,
+        repair: bool,
+    ) -> _Prepared | None:
+        """None when the text and metadata are what the store already holds."""
+        data = q.text.encode("utf-8")
+        doc_hash = hashlib.sha256(data).hexdigest()
+        same = doc is not None and doc.status == "done" and doc.doc_hash == doc_hash
+        if same and not repair and kept is not None and kept[2] == q.metadata:
+            return None
+        fmt = q.metadata.get("format")
+        title = q.metadata.get("title")
+        extracted = Extracted(
+            text=q.text,
+            format=fmt if isinstance(fmt, str) and fmt.startswith("text/") else "text/plain",
+            title=title if isinstance(title, str) else None,
+            metadata=q.metadata,
+        )
+        chunking = self.settings.chunking
+        chunks = chunk_text(
+            q.text, chunking.max_chars, chunking.overlap_chars, extracted.is_markdown
+        )
+        # A crash may have left points of a text the state never recorded: always trim.
+        return _Prepared(
+            source,
+            path,
+            FileStat(len(data), 0),
+            doc_hash,
+            extracted,
+            chunks,
+            doc is None,
+            points_before=None,
+            entry_id=q.entry_id,
+            body=q.text,
+        )
 
     async def repair_queued(self, source: str) -> Report:
         """`resync` of a queue source: re-check the store against SQLite, read no queue."""
@@ -383,7 +396,16 @@ class Engine:
             reason = f"extraction took longer than {source.extract_timeout_seconds:g}s"
             self._problem(source.name, path, stat, "failed", reason, report)
             return None
-        return _Prepared(source.name, path, stat, doc_hash, extracted, chunks, doc is None)
+        return _Prepared(
+            source.name,
+            path,
+            stat,
+            doc_hash,
+            extracted,
+            chunks,
+            doc is None,
+            points_before=plan.points.get(path, 0),
+        )
 
     def _extract_and_chunk(
         self, path: str, data: bytes, ocr_language: str | None
@@ -413,102 +435,61 @@ class Engine:
             log.info("document_skipped", source=source, path=path, reason=reason)
         self.progress.advance(documents=1)
 
-    async def _enqueue(self, prepared: _Prepared, force: bool, report: Report) -> None:
-        """Queue a document's texts for embedding; embed once there is a full round of batches."""
-        missing = [
-            c.hash
-            for c in prepared.chunks
-            if c.hash not in self._vectors and c.hash not in self._to_embed
-        ]
-        if not force:
-            self._vectors.update(self.state.vectors(missing))
-        for c in prepared.chunks:
-            if c.hash not in self._vectors:
-                self._to_embed.setdefault(c.hash, c.text)
-        self._waiting.append(prepared)
-        round_size = self._batch * self.settings.embedder.max_concurrency
-        while len(self._to_embed) >= round_size:
-            await self._embed_round(round_size, report)
-        self._write_ready(report)
-
-    async def _drain(self, report: Report) -> None:
-        while self._to_embed:
-            await self._embed_round(self._batch * self.settings.embedder.max_concurrency, report)
-        self._write_ready(report)
-
-    async def _embed_round(self, limit: int, report: Report) -> None:
-        hashes = list(self._to_embed)[:limit]
-        batches = [hashes[i : i + self._batch] for i in range(0, len(hashes), self._batch)]
-        results = await asyncio.gather(*(self._embed_batch(b) for b in batches))
-        fresh = {h: v for part in results for h, v in part.items()}
-        self.state.add_vectors(fresh)
-        self._vectors.update(fresh)
-        for h in hashes:
-            del self._to_embed[h]
-        report.texts_embedded += len(fresh)
-        metrics.chunks_embedded.inc(len(fresh))
-        self.progress.advance(texts=len(fresh))
-        log.debug("batch_embedded", texts=len(fresh), requests=len(batches))
-
-    async def _embed_batch(self, hashes: list[str]) -> dict[str, np.ndarray]:
-        """Embed one batch; if the API rejects it, halve it until the culprits are found.
-
-        A rejected text fails only the documents that contain it (`_rejected`).
-        """
+    @asynccontextmanager
+    async def _batching(self, report: Report) -> AsyncIterator[Batcher[_Prepared]]:
+        """Embedding batches shared by every document of one reconcile; flushed at the end,
+        abandoned (requests cancelled) if the reconcile fails."""
+        batcher: Batcher[_Prepared] = Batcher(
+            self.embedder,
+            self.settings.embedder.batch_size,
+            self.settings.embedder.max_concurrency,
+            self.state,
+            on_ready=lambda ready, vectors: self._write(ready, vectors, report),
+            on_rejected=lambda p, reason: self._problem(
+                p.source, p.path, p.stat, "failed", reason, report
+            ),
+            on_embedded=lambda n: self.progress.advance(texts=n),
+        )
         try:
-            vectors = await self.embedder.embed([self._to_embed[h] for h in hashes], "document")
-        except EmbedRejected as e:
-            if len(hashes) == 1:
-                self._rejected[hashes[0]] = str(e)
-                return {}
-            middle = len(hashes) // 2
-            first = await self._embed_batch(hashes[:middle])
-            return first | await self._embed_batch(hashes[middle:])
-        return dict(zip(hashes, vectors, strict=True))
+            yield batcher
+            await batcher.flush()
+        finally:
+            batcher.reset()
+            report.texts_embedded += batcher.texts_embedded
 
-    def _write_ready(self, report: Report) -> None:
-        for p in self._waiting:
-            reasons = [self._rejected[c.hash] for c in p.chunks if c.hash in self._rejected]
-            if reasons:
-                self._problem(
-                    p.source,
-                    p.path,
-                    p.stat,
-                    "failed",
-                    f"embedding API rejected a chunk: {reasons[0]}",
-                    report,
-                )
-        self._waiting = [
-            p for p in self._waiting if not any(c.hash in self._rejected for c in p.chunks)
-        ]
-        ready = [p for p in self._waiting if all(c.hash in self._vectors for c in p.chunks)]
-        if not ready:
-            return
-        self._waiting = [p for p in self._waiting if p not in ready]
-        points = [point for p in ready for point in self._points(p)]
+    def _write(
+        self,
+        ready: list[tuple[_Prepared, list[Chunk]]],
+        vectors: dict[str, np.ndarray],
+        report: Report,
+    ) -> None:
+        """Points first (idempotent), surplus points next, the state last."""
+        points = [point for p, _ in ready for point in self._points(p, vectors)]
         for i in range(0, len(points), 1000):
             self.store.upsert(points[i : i + 1000])
-        for p in ready:
-            self.store.trim(p.source, p.path, len(p.chunks))
-            self.state.record_synced(
-                p.source,
-                p.path,
-                p.stat.size,
-                p.stat.mtime_ns,
-                p.doc_hash,
-                [c.hash for c in p.chunks],
-                kept=(p.entry_id, p.body, p.doc.metadata) if p.entry_id else None,
-            )
-            if p.is_new:
-                report.added += 1
-            else:
-                report.updated += 1
+        for p, _ in ready:
+            if p.points_before is None or p.points_before > len(p.chunks):
+                self.store.trim(p.source, p.path, len(p.chunks))
+        self.state.record_synced(
+            [
+                Synced(
+                    p.source,
+                    p.path,
+                    p.stat.size,
+                    p.stat.mtime_ns,
+                    p.doc_hash,
+                    [c.hash for c in p.chunks],
+                    (p.entry_id, p.body, p.doc.metadata) if p.entry_id else None,
+                )
+                for p, _ in ready
+            ]
+        )
+        report.added += sum(p.is_new for p, _ in ready)
+        report.updated += sum(not p.is_new for p, _ in ready)
         self.progress.advance(documents=len(ready))
         metrics.documents_synced.inc(len(ready))
-        needed = {c.hash for p in self._waiting for c in p.chunks}
-        self._vectors = {h: v for h, v in self._vectors.items() if h in needed}
 
-    def _points(self, p: _Prepared) -> list[PointData]:
+    def _points(self, p: _Prepared, vectors: dict[str, np.ndarray]) -> list[PointData]:
         base = {
             "source": p.source,
             "path": p.path,
@@ -524,7 +505,7 @@ class Engine:
         return [
             PointData(
                 point_id(p.source, p.path, i),
-                self._vectors[c.hash],
+                vectors[c.hash],
                 {
                     **base,
                     "chunk_index": i,

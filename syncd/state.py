@@ -85,6 +85,20 @@ class DocRow:
 
 
 @dataclass(frozen=True)
+class Synced:
+    """A document whose points are in the store, to be recorded as done."""
+
+    source: str
+    path: str
+    size: int
+    mtime_ns: int
+    doc_hash: str
+    hashes: list[str]
+    #: Queue documents: (entry id, text, metadata), kept because a queue cannot replay.
+    kept: tuple[str, str, dict] | None = None
+
+
+@dataclass(frozen=True)
 class SourceStatus:
     name: str
     documents: int
@@ -153,32 +167,31 @@ class State:
         )
         return [r[0] for r in rows]
 
-    def record_synced(
-        self,
-        source: str,
-        path: str,
-        size: int,
-        mtime_ns: int,
-        doc_hash: str,
-        hashes: list[str],
-        kept: tuple[str, str, dict] | None = None,
-    ) -> None:
-        """The document's points are in the store; `kept` = (entry id, text, metadata)."""
+    def record_synced(self, docs: list[Synced]) -> None:
+        """These documents' points are in the store: one transaction for all of them."""
+        now = time.time()
         with self.transaction() as db:
-            if kept is not None:
-                entry_id, text, metadata = kept
-                db.execute(
-                    "INSERT OR REPLACE INTO queued_documents VALUES (?, ?, ?, ?, ?)",
-                    (source, path, entry_id, text, json.dumps(metadata)),
-                )
-            db.execute("DELETE FROM chunks WHERE source=? AND path=?", (source, path))
+            db.executemany(
+                "INSERT OR REPLACE INTO queued_documents VALUES (?, ?, ?, ?, ?)",
+                [
+                    (d.source, d.path, d.kept[0], d.kept[1], json.dumps(d.kept[2]))
+                    for d in docs
+                    if d.kept
+                ],
+            )
+            db.executemany(
+                "DELETE FROM chunks WHERE source=? AND path=?", [(d.source, d.path) for d in docs]
+            )
             db.executemany(
                 "INSERT INTO chunks VALUES (?, ?, ?, ?)",
-                [(source, path, i, h) for i, h in enumerate(hashes)],
+                [(d.source, d.path, i, h) for d in docs for i, h in enumerate(d.hashes)],
             )
-            db.execute(
+            db.executemany(
                 "INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?, 'done', NULL, 0, ?)",
-                (source, path, size, mtime_ns, doc_hash, len(hashes), time.time()),
+                [
+                    (d.source, d.path, d.size, d.mtime_ns, d.doc_hash, len(d.hashes), now)
+                    for d in docs
+                ],
             )
 
     def record_problem(

@@ -59,3 +59,9 @@ def test_missing_file_and_bad_yaml_are_config_errors(tmp_path):
 def test_qdrant_url_replaces_the_embedded_default(make_config):
     settings = load_config(make_config(qdrant={"url": "http://127.0.0.1:6333"}))
     assert settings.qdrant.path is None and settings.qdrant.url == "http://127.0.0.1:6333"
+
+
+def test_qdrant_url_from_the_environment_replaces_the_file_path(make_config, monkeypatch):
+    monkeypatch.setenv("SYNCD_QDRANT__URL", "http://qdrant:6333")
+    settings = load_config(make_config(qdrant={"path": "./q"}))
+    assert settings.qdrant.path is None and settings.qdrant.url == "http://qdrant:6333"

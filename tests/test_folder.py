@@ -44,3 +44,34 @@ def test_symlink_loops_terminate_and_links_inside_the_root_are_followed(tmp_path
     os.symlink(tmp_path, tmp_path / "d" / "loop")
     os.symlink(tmp_path / "d" / "a.md", tmp_path / "alias.md")
     assert sorted(scan(source(tmp_path))) == ["alias.md", "d/a.md"]
+
+
+def test_suffix_fast_path_agrees_with_wcmatch():
+    from wcmatch import glob
+
+    from syncd.extract import DEFAULT_INCLUDE
+    from syncd.sources.folder import Matcher
+
+    matcher = Matcher([*DEFAULT_INCLUDE, "docs/*.special"], [])
+    reference = glob.compile([*DEFAULT_INCLUDE, "docs/*.special"], flags=glob.GLOBSTAR)
+    names = [
+        "a.md",
+        "x/y/a.md",
+        ".h/a.md",
+        "x/.h/a.md",
+        ".a.md",
+        "x/.a.md",
+        "a.MD",
+        "a.md.bak",
+        "md",
+        "x/a.tar.gz",
+        "a.py",
+        "a.",
+        "dir.md/x",
+        "x/y.z/a.txt",
+        "a b.md",
+        "ümlaut.md",
+        "docs/x.special",
+        "other/x.special",
+    ]
+    assert [matcher.included(n) for n in names] == [bool(reference.match(n)) for n in names]

@@ -12,7 +12,7 @@ ROOT = Path(__file__).parent.parent
 @pytest.mark.parametrize("args", [["check"], ["format", "--check"]])
 def test_ruff_is_clean(args):
     out = subprocess.run(
-        [sys.executable, "-m", "ruff", *args, "syncd", "tests"],
+        [sys.executable, "-m", "ruff", *args, "syncd", "tests", "bench"],
         cwd=ROOT,
         capture_output=True,
         text=True,

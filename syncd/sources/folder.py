@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,18 +36,46 @@ class FileStat:
 
 
 class Matcher:
+    """Include/exclude globs, as wcmatch reads them (`**` spans directories; names starting
+    with a dot match only patterns that name the dot).
+
+    Patterns of the form `**/*.ext` (the default include lists some sixty) become one set
+    of suffixes: a set lookup per file instead of trying sixty regexes.
+    """
+
     def __init__(self, include: list[str], exclude: list[str]) -> None:
-        self._include = glob.compile(include, flags=glob.GLOBSTAR)
-        self._exclude = glob.compile(exclude, flags=glob.GLOBSTAR) if exclude else None
+        self._suffixes = {p[4:] for p in include if _BY_SUFFIX.fullmatch(p)}
+        self._include = _one_regex([p for p in include if not _BY_SUFFIX.fullmatch(p)])
+        self._exclude = _one_regex(exclude)
 
     def included(self, rel: str) -> bool:
-        return self._include.match(rel) and not self.excluded(rel)
+        return (self._by_suffix(rel) or self._include.match(rel) is not None) and not self.excluded(
+            rel
+        )
 
     def excluded(self, rel: str) -> bool:
-        return self._exclude is not None and self._exclude.match(rel)
+        return self._exclude.match(rel) is not None
 
     def prunes(self, rel_dir: str) -> bool:
         return self.excluded(f"{rel_dir}/{_ANY_CHILD}")
+
+    def _by_suffix(self, rel: str) -> bool:
+        name = rel.rpartition("/")[2]
+        dot = name.rfind(".")
+        return (
+            dot > 0 and name[dot:] in self._suffixes and not rel.startswith(".") and "/." not in rel
+        )
+
+
+_BY_SUFFIX = re.compile(r"\*\*/\*\.[A-Za-z0-9_+-]+")
+_NOTHING = re.compile(r"(?!)")
+
+
+def _one_regex(patterns: list[str]) -> re.Pattern[str]:
+    if not patterns:
+        return _NOTHING
+    regexes, _ = glob.translate(patterns, flags=glob.GLOBSTAR)
+    return re.compile("|".join(f"(?:{r})" for r in regexes))
 
 
 def scan(source: FolderSource) -> dict[str, FileStat]:

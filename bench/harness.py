@@ -1,0 +1,157 @@
+"""What the scenarios share: config files, in-process syncs, the fake API, daemons, clocks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from syncd.config import Settings, load_config
+from syncd.engine import Report, opened
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from fake_embed import FakeEmbedAPI
+
+__all__ = ["FakeEmbedAPI"]
+
+
+def ai21(api: FakeEmbedAPI, **kw: Any) -> dict[str, Any]:
+    return {
+        "provider": "ai21",
+        "model": "bench",
+        "base_url": api.url,
+        "api_key": api.key,
+        "requests_per_minute": 1_000_000,
+        "batch_size": 200,
+    } | kw
+
+
+def settings(root: Path, sources: list[dict] | None = None, **sections: Any) -> Settings:
+    root.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = {
+        "sources": sources or [{"name": "docs", "path": "./docs"}],
+        "server": {"listen": ""},
+        "log": {"level": "warning"},
+    }
+    data.update(sections)
+    (root / "config.yaml").write_text(yaml.safe_dump(data))
+    return load_config(root / "config.yaml")
+
+
+def sync(config: Settings, force: bool = False) -> tuple[Report, float]:
+    async def go() -> Report:
+        total = Report()
+        async with opened(config) as engine:
+            for source in config.sources:
+                total.merge(await engine.resync(source, force))
+        return total
+
+    started = time.perf_counter()
+    report = asyncio.run(go())
+    return report, time.perf_counter() - started
+
+
+def syncd(*args: str, config: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Run the CLI in a process of its own; (seconds, that process's peak RSS in MB)."""
+    code = (
+        "import resource, sys; from syncd.cli import main; code = main(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
+        "sys.exit(code)"
+    )
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args, "-c", str(config)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    seconds = time.perf_counter() - started
+    return seconds, int(out.stderr.strip().splitlines()[-1]) / 1024
+
+
+@contextmanager
+def fake_api_process(dimension: int, latency: float = 0.0):
+    """The fake API in a process of its own, as a real API would be: (url, key)."""
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from fake_embed import FakeEmbedAPI; "
+        f"api = FakeEmbedAPI(dimension={dimension}, latency={latency}).start(); "
+        "print(api.url, flush=True); "
+        "time.sleep(3600)"
+    )
+    tests = str(Path(__file__).resolve().parent.parent / "tests")
+    proc = subprocess.Popen([sys.executable, "-c", code, tests], stdout=subprocess.PIPE, text=True)
+    try:
+        yield proc.stdout.readline().strip(), FakeEmbedAPI.key
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_json(url: str, method: str = "GET") -> Any:
+    request = urllib.request.Request(url, method=method)
+    with urllib.request.urlopen(request, timeout=60) as r:
+        return json.load(r)
+
+
+def top_path(port: int, query: str) -> str | None:
+    try:
+        hits = http_json(f"http://127.0.0.1:{port}/search?q={urllib.parse.quote(query)}&limit=1")[
+            "hits"
+        ]
+    except OSError:
+        return None
+    return hits[0]["path"] if hits else None
+
+
+@contextmanager
+def daemon(config: Path, port: int):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "run", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def until(check, timeout: float, every: float = 0.01) -> float:
+    """Seconds until `check()` holds."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        if check():
+            return time.perf_counter() - started
+        time.sleep(every)
+    raise TimeoutError(f"not within {timeout}s")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]

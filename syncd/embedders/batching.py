@@ -1,0 +1,147 @@
+"""The one batching layer every provider shares: chunks of many documents fill the same
+requests, up to `batch_size` texts, with up to `max_concurrency` requests in flight while
+the caller goes on reading the next documents. A document is handed back only when every
+one of its chunks has a vector; a text the API rejects fails only the documents that
+contain it.
+
+Vectors are cached by the sha256 of their text (in SQLite, through `cache`) as soon as
+they arrive, so a text is never embedded twice, not even after a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import Generic, Protocol, TypeVar
+
+import numpy as np
+import structlog
+
+from syncd import metrics
+from syncd.chunking import Chunk
+from syncd.embedders import Embedder
+from syncd.errors import EmbedRejected
+
+log = structlog.get_logger()
+
+Doc = TypeVar("Doc")
+# Complete documents are released at least this often, so memory stays bounded even
+# when nothing needs embedding (a rename of a whole tree).
+_RELEASE_EVERY = 512
+
+
+class VectorCache(Protocol):
+    def vectors(self, hashes: Iterable[str]) -> dict[str, np.ndarray]: ...
+
+    def add_vectors(self, vectors: dict[str, np.ndarray]) -> None: ...
+
+
+class Batcher(Generic[Doc]):
+    def __init__(
+        self,
+        embedder: Embedder,
+        batch_size: int,
+        concurrency: int,
+        cache: VectorCache,
+        on_ready: Callable[[list[tuple[Doc, list[Chunk]]], dict[str, np.ndarray]], None],
+        on_rejected: Callable[[Doc, str], None],
+        on_embedded: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        self.embedder = embedder
+        self.batch_size = min(batch_size, embedder.max_batch)
+        self.concurrency = concurrency
+        self.cache = cache
+        self.on_ready = on_ready
+        self.on_rejected = on_rejected
+        self.on_embedded = on_embedded
+        self.texts_embedded = 0
+        self._vectors: dict[str, np.ndarray] = {}
+        self._unsent: dict[str, str] = {}
+        self._sent: set[str] = set()
+        self._rejected: dict[str, str] = {}
+        self._waiting: list[tuple[Doc, list[Chunk]]] = []
+        self._inflight: dict[asyncio.Task, list[str]] = {}
+
+    async def add(self, doc: Doc, chunks: list[Chunk], use_cache: bool = True) -> None:
+        known = self._vectors.keys() | self._unsent.keys() | self._sent
+        missing = [c.hash for c in chunks if c.hash not in known]
+        if use_cache and missing:
+            self._vectors.update(self.cache.vectors(missing))
+        for c in chunks:
+            if c.hash not in self._vectors and c.hash not in self._sent:
+                self._unsent.setdefault(c.hash, c.text)
+        self._waiting.append((doc, chunks))
+        while len(self._unsent) >= self.batch_size:
+            await self._send()
+        if len(self._waiting) >= _RELEASE_EVERY:
+            self._release()
+
+    async def flush(self) -> None:
+        """Embed what is left (the last batch may be partial) and release every document."""
+        while self._unsent:
+            await self._send()
+        while self._inflight:
+            await self._collect()
+        self._release()
+
+    def reset(self) -> None:
+        """Forget everything in progress (after an error): requests are cancelled."""
+        for task in self._inflight:
+            task.cancel()
+        self._inflight.clear()
+        self._vectors.clear()
+        self._unsent.clear()
+        self._sent.clear()
+        self._rejected.clear()
+        self._waiting.clear()
+
+    async def _send(self) -> None:
+        while len(self._inflight) >= self.concurrency:
+            await self._collect()
+        hashes = list(self._unsent)[: self.batch_size]
+        texts = [self._unsent.pop(h) for h in hashes]
+        self._sent.update(hashes)
+        self._inflight[asyncio.ensure_future(self._embed(hashes, texts))] = hashes
+
+    async def _collect(self) -> None:
+        done, _ = await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            hashes = self._inflight.pop(task)
+            fresh = task.result()
+            self._sent.difference_update(hashes)
+            self.cache.add_vectors(fresh)
+            self._vectors.update(fresh)
+            self.texts_embedded += len(fresh)
+            metrics.chunks_embedded.inc(len(fresh))
+            self.on_embedded(len(fresh))
+        self._release()
+
+    async def _embed(self, hashes: list[str], texts: list[str]) -> dict[str, np.ndarray]:
+        """One request; if the API rejects it, halve it until the culprits are found."""
+        try:
+            vectors = await self.embedder.embed(texts, "document")
+        except EmbedRejected as e:
+            if len(hashes) == 1:
+                self._rejected[hashes[0]] = str(e)
+                log.warning("text_rejected", chunk_hash=hashes[0], reason=str(e))
+                return {}
+            middle = len(hashes) // 2
+            first = await self._embed(hashes[:middle], texts[:middle])
+            return first | await self._embed(hashes[middle:], texts[middle:])
+        return dict(zip(hashes, vectors, strict=True))
+
+    def _release(self) -> None:
+        ready, still = [], []
+        for doc, chunks in self._waiting:
+            reasons = [self._rejected[c.hash] for c in chunks if c.hash in self._rejected]
+            if reasons:
+                self.on_rejected(doc, f"embedding API rejected a chunk: {reasons[0]}")
+            elif all(c.hash in self._vectors for c in chunks):
+                ready.append((doc, chunks))
+            else:
+                still.append((doc, chunks))
+        self._waiting = still
+        if ready:
+            self.on_ready(ready, self._vectors)
+        needed = {c.hash for _, chunks in still for c in chunks}
+        self._vectors = {h: v for h, v in self._vectors.items() if h in needed}
