@@ -23,6 +23,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--no-peer", action="store_true", help="skip the LangChain comparison")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--only", help="comma-separated scenarios to re-run into the existing results"
+    )
     args = parser.parse_args()
     q = args.quick
     sizes = [100, 300] if q else [1_000, 10_000, 100_000]
@@ -39,7 +42,11 @@ def main() -> None:
     if not args.no_peer:
         plan["peer_langchain"] = lambda w: scenarios.peer_langchain(w, 50 if q else 2_000)
     configure_logging(Log(level="warning"))
-    results: dict = {
+    if args.only:
+        plan = {name: plan[name] for name in args.only.split(",")}
+    previous = args.out / "results.json"
+    results: dict = json.loads(previous.read_text()) if args.only and previous.exists() else {}
+    results |= {
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
         "quick": q,
     }

@@ -64,10 +64,11 @@ def sync(config: Settings, force: bool = False) -> tuple[Report, float]:
 
 def syncd(*args: str, config: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
     """Run the CLI in a process of its own; (seconds, that process's peak RSS in MB)."""
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent.
     code = (
-        "import resource, sys; from syncd.cli import main; code = main(sys.argv[1:]); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
-        "sys.exit(code)"
+        "import sys; from syncd.cli import main; code = main(sys.argv[1:]); "
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]; "
+        "print(hwm.split()[1], file=sys.stderr); sys.exit(code)"
     )
     started = time.perf_counter()
     out = subprocess.run(
@@ -123,19 +124,26 @@ def top_path(port: int, query: str) -> str | None:
 
 @contextmanager
 def daemon(config: Path, port: int):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "run", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """`syncd run` until the block ends; fails loudly if it dies or is not ready in 5 min."""
+    log = config.with_name("daemon.log")
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "run", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"syncd run exited {proc.returncode}: {log.read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5):
-                    break
+                    return True
             except OSError:
-                time.sleep(0.1)
+                return False
+
+        until(ready, 300, every=0.1)
         yield proc
     finally:
         proc.terminate()

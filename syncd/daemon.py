@@ -77,12 +77,14 @@ class Daemon:
         self.wake.set()
 
     async def run(self, stop: asyncio.Event, notifier: Notifier) -> None:
+        # Watch before the first reconcile, so a change made while it runs (or just after
+        # /readyz turns 200) is an event, not something only the next rescan finds.
+        self._watch()
         await self._until_done(self._reconcile_all, stop)
         if stop.is_set():
             return
         self.ready = True
         notifier.ready()
-        self._watch()
         queues = [
             asyncio.ensure_future(self._follow(source, stop))
             for source in self.settings.sources

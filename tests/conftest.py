@@ -140,3 +140,27 @@ def fake_embed():
     api = FakeEmbedAPI().start()
     yield api
     api.stop()
+
+
+@pytest.fixture
+def make_daemon(make_config, tmp_path: Path):
+    """`make_daemon(**sections)`: a `syncd run` on a free port (not started), killed at the end."""
+    from daemon_process import Daemon, free_port
+
+    made = []
+
+    def make(**sections: Any):
+        port = free_port()
+        defaults = {
+            "watch": {"debounce_seconds": 0.2, "rescan_interval_seconds": 0},
+            "server": {"listen": f"127.0.0.1:{port}"},
+            "log": {"format": "json"},
+        }
+        made.append(Daemon(tmp_path, make_config(**(defaults | sections)), port))
+        return made[-1]
+
+    yield make
+    for d in made:
+        if d.proc and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()

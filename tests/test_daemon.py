@@ -3,108 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable
-from pathlib import Path
 
 import pytest
+from daemon_process import Daemon, get, wait_until
 from test_engine import assert_mirrors
 
 from syncd.config import load_config
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Seconds it took for `check` to hold; fails the test after `timeout`."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if check():
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError:
-        return 0, ""
-
-
-class Daemon:
-    def __init__(self, root: Path, config: Path, port: int) -> None:
-        self.root, self.config, self.port = root, config, port
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, **env: str) -> Daemon:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "syncd", "run", "-c", str(self.config)],
-            env={**os.environ, **env},
-            cwd=self.root,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        return self
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        wait_until(lambda: get(self.url("/readyz"))[0] == 200, timeout, "daemon ready")
-
-    def status(self) -> dict:
-        out = subprocess.run(
-            [sys.executable, "-m", "syncd", "status", "--json", "-c", str(self.config)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return json.loads(out.stdout)["sources"][0]
-
-    def paths(self, query: str, limit: int = 5) -> list[str]:
-        status, body = get(self.url(f"/search?q={urllib.parse.quote(query)}&limit={limit}"))
-        assert status == 200, body
-        return [h["path"] for h in json.loads(body)["hits"]]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self.proc.stdout.close()
-            self.proc.stderr.close()
-
-
 @pytest.fixture
-def daemon(docs: Path, make_config, tmp_path: Path):
-    port = free_port()
-    config = make_config(
-        watch={"debounce_seconds": 0.2, "rescan_interval_seconds": 0},
-        server={"listen": f"127.0.0.1:{port}"},
-        log={"format": "json"},
-    )
-    d = Daemon(tmp_path, config, port)
-    yield d
-    if d.proc and d.proc.poll() is None:
-        d.proc.kill()
-        d.proc.wait()
+def daemon(make_daemon) -> Daemon:
+    return make_daemon()
 
 
 def test_changes_are_searchable_within_2_seconds(docs, daemon):
@@ -243,11 +158,8 @@ def test_kill_9_at_random_moments_then_a_final_run_converges(docs, daemon):
     assert_mirrors(load_config(daemon.config))
 
 
-def test_embedder_outage_of_20_seconds_delays_but_loses_nothing(
-    docs, make_config, tmp_path, fake_embed
-):
-    port = free_port()
-    config = make_config(
+def test_embedder_outage_of_20_seconds_delays_but_loses_nothing(docs, make_daemon, fake_embed):
+    daemon = make_daemon(
         embedder={
             "provider": "ai21",
             "model": "m",
@@ -255,14 +167,10 @@ def test_embedder_outage_of_20_seconds_delays_but_loses_nothing(
             "api_key": "test-key",
             "requests_per_minute": 6000,
         },
-        watch={"debounce_seconds": 0.2, "rescan_interval_seconds": 0},
-        server={"listen": f"127.0.0.1:{port}"},
-        log={"format": "json"},
     )
     (docs / "before.txt").write_text("Written before the outage.\n")
-    daemon = Daemon(tmp_path, config, port).start()
+    daemon.start().wait_ready()
     try:
-        daemon.wait_ready()
         fake_embed.outage = 503
         for i in range(50):
             (docs / f"during-{i:02}.txt").write_text(f"Note {i} written during the outage.\n")
@@ -276,5 +184,5 @@ def test_embedder_outage_of_20_seconds_delays_but_loses_nothing(
     finally:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
-    assert_mirrors(load_config(config))
+    assert_mirrors(load_config(daemon.config))
     assert any(r.status == 503 for r in fake_embed.log)

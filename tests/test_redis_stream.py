@@ -11,7 +11,7 @@ import time
 
 import pytest
 from conftest import points
-from test_daemon import Daemon, free_port, get, wait_until
+from daemon_process import Daemon, get, wait_until
 
 from syncd.chunking import chunk_text
 from syncd.config import load_config
@@ -21,28 +21,16 @@ STREAM = "syncd:docs"
 
 
 @pytest.fixture
-def queue(redis_server, make_config, tmp_path):
-    port = free_port()
-    config = make_config(
-        sources=[
-            {
-                "name": "cms",
-                "type": "redis",
-                "url": redis_server.url,
-                "stream": STREAM,
-                "claim_idle_seconds": 1,
-                "batch": 200,
-            }
-        ],
-        watch={"debounce_seconds": 0.2, "rescan_interval_seconds": 0},
-        server={"listen": f"127.0.0.1:{port}"},
-        log={"format": "json"},
-    )
-    d = Daemon(tmp_path, config, port)
-    yield d
-    if d.proc and d.proc.poll() is None:
-        d.proc.kill()
-        d.proc.wait()
+def queue(redis_server, make_daemon) -> Daemon:
+    source = {
+        "name": "cms",
+        "type": "redis",
+        "url": redis_server.url,
+        "stream": STREAM,
+        "claim_idle_seconds": 1,
+        "batch": 200,
+    }
+    return make_daemon(sources=[source])
 
 
 def stream_status(daemon: Daemon) -> dict:
