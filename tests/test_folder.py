@@ -75,3 +75,34 @@ def test_suffix_fast_path_agrees_with_wcmatch():
         "other/x.special",
     ]
     assert [matcher.included(n) for n in names] == [bool(reference.match(n)) for n in names]
+
+
+def test_inotify_limit_falls_back_to_polling_and_says_how_to_raise_it(tmp_path, monkeypatch):
+    import errno
+    import time
+
+    import structlog
+    from watchdog.observers.polling import PollingObserver
+
+    from syncd.sources import folder
+
+    class Exhausted(folder.Observer):
+        def schedule(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(folder, "Observer", Exhausted)
+    hints = []
+    with structlog.testing.capture_logs() as logs:
+        observer = folder.watch(source(tmp_path), False, lambda s, p: hints.append(p))
+    try:
+        assert isinstance(observer, PollingObserver)
+        (event,) = [e for e in logs if e["event"] == "inotify_limit_reached"]
+        assert "max_user_watches" in event["fix"] and event["fallback"] == "polling"
+        touch(tmp_path, "new.md")
+        deadline = time.monotonic() + 10
+        while "new.md" not in hints and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "new.md" in hints
+    finally:
+        observer.stop()
+        observer.join()

@@ -210,3 +210,40 @@ def test_resync_of_a_queue_source_repairs_the_store_from_sqlite(queue, redis_ser
     report = json.loads(out.stdout)
     assert (out.returncode, report["updated"], report["texts_embedded"]) == (0, 1, 0)
     assert_store_is(queue, {f"d{i}": (f"Note {i}.", {}) for i in range(5)})
+
+
+def test_text_the_embedder_keeps_rejecting_is_dead_lettered_after_max_deliveries(
+    redis_server, make_daemon, fake_embed
+):
+    fake_embed.reject_marker = "FORBIDDEN"
+    source = {
+        "name": "cms",
+        "type": "redis",
+        "url": redis_server.url,
+        "stream": STREAM,
+        "claim_idle_seconds": 0.5,
+        "max_deliveries": 3,
+    }
+    embedder = {
+        "provider": "ai21",
+        "model": "m",
+        "base_url": fake_embed.url,
+        "api_key": "test-key",
+        "requests_per_minute": 60_000,
+    }
+    queue = make_daemon(sources=[source], embedder=embedder)
+    client = redis_server.client()
+    publish(
+        client,
+        [
+            {"op": "upsert", "id": "bad", "text": "This text has FORBIDDEN words."},
+            {"op": "upsert", "id": "good", "text": "This one is fine."},
+        ],
+    )
+    queue.start().wait_ready()
+    wait_until(lambda: drained(queue), 60, "drained")
+    ((_, dead),) = client.xrange(f"{STREAM}:dead")
+    assert dead["id"] == "bad" and "forbidden content" in dead["_reason"]
+    assert int(dead["_deliveries"]) == 3
+    assert queue.stop() == 0
+    assert_store_is(queue, {"good": ("This one is fine.", {})})
