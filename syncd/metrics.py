@@ -40,6 +40,19 @@ sync_lag_seconds = Gauge(
     "syncd_sync_lag_seconds", "Seconds since the last completed sync", ["source"], registry=REGISTRY
 )
 
+stream_lag = Gauge(
+    "syncd_stream_lag",
+    "Stream entries not yet delivered to the group",
+    ["source"],
+    registry=REGISTRY,
+)
+stream_pending = Gauge(
+    "syncd_stream_pending", "Entries delivered but not acknowledged", ["source"], registry=REGISTRY
+)
+dead_letters = Gauge(
+    "syncd_dead_letters", "Entries in the dead-letter stream", ["source"], registry=REGISTRY
+)
+
 
 def observe_state(state: State, settings: Settings) -> None:
     """Refresh the gauges that SQLite knows, just before a scrape."""

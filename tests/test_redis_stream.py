@@ -118,6 +118,12 @@ def test_unchanged_upsert_embeds_nothing(queue, redis_server):
         x for x in metrics_after.splitlines() if x.startswith("syncd_chunks_embedded_total")
     )
     assert line in metrics_before  # the counter did not move
+    wait_until(
+        lambda: 'syncd_stream_lag{source="cms"} 0.0' in get(queue.url("/metrics"))[1], 15, "lag"
+    )
+    _, metrics_now = get(queue.url("/metrics"))
+    for name in ("syncd_stream_pending", "syncd_dead_letters"):
+        assert f'{name}{{source="cms"}} 0.0' in metrics_now
     assert queue.stop() == 0
     assert_store_is(queue, {"a": ("Same text.", {})})
 

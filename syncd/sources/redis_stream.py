@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from syncd import metrics
 from syncd.config import RedisSource
 from syncd.engine import QueuedDocument, Report
 from syncd.errors import BackendUnavailable
@@ -221,7 +223,11 @@ async def follow(
     new is read, so memory stays bounded by `batch` entries.
     """
     source = stream.source
+    observed = 0.0
     while not stop.is_set():
+        if time.monotonic() - observed >= _OBSERVE_EVERY:
+            await _observe(stream)
+            observed = time.monotonic()
         entries = await until_done(lambda: stream.read(block_ms=1000), stop)
         if not entries:
             continue
@@ -251,6 +257,21 @@ async def follow(
             if entry.deliveries >= source.max_deliveries:
                 await until_done(functools.partial(stream.dead_letter, entry, reason), stop)
             # Otherwise it stays pending and is reclaimed after claim_idle_seconds.
+
+
+# Stream lag, pending and dead letters are sampled for /metrics this often.
+_OBSERVE_EVERY = 5.0
+
+
+async def _observe(stream: RedisStream) -> None:
+    try:
+        status = await stream.status()
+    except BackendUnavailable:
+        return  # the read that follows waits the outage out
+    name = stream.source.name
+    metrics.stream_lag.labels(name).set(status.lag or 0)
+    metrics.stream_pending.labels(name).set(status.pending)
+    metrics.dead_letters.labels(name).set(status.dead)
 
 
 def _latest_per_document(
