@@ -162,16 +162,19 @@ class Daemon:
         return due
 
     async def _reconcile_all(self) -> None:
-        await self.resync()
+        await self.resync(retry_failed=False)
 
-    async def resync(self, names: list[str] | None = None) -> Report:
-        """Reconcile these sources (all by default) now; also what `POST /resync` runs."""
+    async def resync(self, names: list[str] | None = None, retry_failed: bool = True) -> Report:
+        """Reconcile these sources (all by default) now; also what `POST /resync` runs.
+
+        The daemon's own rescans retry failed documents with backoff, a user's at once.
+        """
         total = Report()
         for source in self.settings.sources:
             if names and source.name not in names:
                 continue
             async with self.busy:
-                total.merge(await self.engine.resync(source))
+                total.merge(await self.engine.resync(source, retry_failed=retry_failed))
             if self.engine.stopping.is_set():
                 break
         return total
@@ -185,7 +188,9 @@ class Daemon:
                 continue
             # A directory event means "look at the whole source again" (cheap: stat only).
             async with self.busy:
-                await self.engine.reconcile(source, paths=None if None in paths else set(paths))
+                await self.engine.reconcile(
+                    source, paths=None if None in paths else set(paths), retry_failed=False
+                )
 
     async def _until_done(self, work, stop: asyncio.Event):
         """Run `work` until it succeeds and return its result (None if stopped first).

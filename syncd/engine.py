@@ -138,10 +138,18 @@ class Engine:
     # -- planning -------------------------------------------------------------------------
 
     def plan(
-        self, source: FolderSource, force: bool = False, paths: set[str] | None = None
+        self,
+        source: FolderSource,
+        force: bool = False,
+        paths: set[str] | None = None,
+        retry_failed: bool = True,
     ) -> Plan:
         """What to add, update and delete: of the whole source, or of just these paths
-        (the daemon's hints from folder events, where the state alone is trusted)."""
+        (the daemon's hints from folder events, where the state alone is trusted).
+
+        An unchanged document that failed is retried at once with `retry_failed` (a user's
+        resync), else with a growing delay (`retry_delay`), so poison files cost little.
+        """
         docs = self.state.documents(source.name)
         if paths is None:
             stats = folder.scan(source)
@@ -156,7 +164,7 @@ class Engine:
             doc = docs.get(path)
             if doc is None:
                 add.append(path)
-            elif force or _needs_sync(doc, stat, in_store.get(path, 0)):
+            elif force or _needs_sync(doc, stat, in_store.get(path, 0), retry_failed):
                 update.append(path)
             else:
                 unchanged += 1
@@ -185,14 +193,20 @@ class Engine:
 
     # -- applying -------------------------------------------------------------------------
 
-    async def resync(self, source: FolderSource | RedisSource, force: bool = False) -> Report:
+    async def resync(
+        self, source: FolderSource | RedisSource, force: bool = False, retry_failed: bool = True
+    ) -> Report:
         """A full reconcile: of the files for a folder, of the store for a queue."""
         if isinstance(source, RedisSource):
             return await self.repair_queued(source.name)
-        return await self.reconcile(source, force)
+        return await self.reconcile(source, force, retry_failed=retry_failed)
 
     async def reconcile(
-        self, source: FolderSource, force: bool = False, paths: set[str] | None = None
+        self,
+        source: FolderSource,
+        force: bool = False,
+        paths: set[str] | None = None,
+        retry_failed: bool = True,
     ) -> Report:
         """Bring the source (or these paths of it) in line with Qdrant.
 
@@ -200,7 +214,7 @@ class Engine:
         finished, so a shutdown waits for at most one round of embedding batches.
         """
         started = time.monotonic()
-        plan = self.plan(source, force, paths)
+        plan = self.plan(source, force, paths, retry_failed)
         self.state.set_pending(source.name, len(plan.add) + len(plan.update) + len(plan.delete))
         self.progress.documents_total += len(plan.add) + len(plan.update) + len(plan.delete)
         log.info(
@@ -522,12 +536,18 @@ def _expected_points(docs: dict[str, DocRow]) -> dict[str, int]:
     return {p: d.chunk_count for p, d in docs.items() if d.status == "done" and d.chunk_count}
 
 
-def _needs_sync(doc: DocRow, stat: FileStat, points: int) -> bool:
-    if doc.status == "failed":
-        return True
+def _needs_sync(doc: DocRow, stat: FileStat, points: int, retry_failed: bool) -> bool:
     if (doc.size, doc.mtime_ns) != (stat.size, stat.mtime_ns):
         return True
+    if doc.status == "failed":
+        due = time.time() >= doc.synced_at + retry_delay(doc.attempts)
+        return bool(points) or retry_failed or due
     return points != (doc.chunk_count if doc.status == "done" else 0)
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before an unchanged failed document is tried again: 1 min, doubling, 1 h."""
+    return min(60.0 * 2 ** max(attempts - 1, 0), 3600.0)
 
 
 def _counts(report: Report) -> dict[str, object]:

@@ -284,3 +284,24 @@ def test_server_store_holds_the_same_points_through_edits(corpus, make_config, e
                 assert {k: got[pid][k] for k in fields} == fields
 
     asyncio.run(go())
+
+
+def test_unchanged_failed_document_is_retried_with_backoff_unless_asked(docs, settings, embedder):
+    import asyncio
+
+    from syncd.engine import opened, retry_delay
+
+    (docs / "poison.txt").write_bytes(b"\x00binary")
+
+    async def run(retry_failed: bool):
+        async with opened(settings, embedder=embedder) as engine:
+            report = await engine.reconcile(settings.sources[0], retry_failed=retry_failed)
+            return report, engine.state.documents("docs")["poison.txt"]
+
+    first, doc = asyncio.run(run(True))
+    assert (first.failed, doc.attempts) == (1, 1)
+    backed_off, doc = asyncio.run(run(False))  # the daemon's rescan, a moment later
+    assert (backed_off.failed, backed_off.unchanged, doc.attempts) == (0, 1, 1)
+    asked, doc = asyncio.run(run(True))  # a user's resync
+    assert (asked.failed, doc.attempts) == (1, 2)
+    assert [retry_delay(n) for n in (1, 2, 3, 10)] == [60, 120, 240, 3600]
