@@ -51,11 +51,8 @@ def settings(root: Path, sources: list[dict] | None = None, **sections: Any) -> 
 
 def sync(config: Settings, force: bool = False) -> tuple[Report, float]:
     async def go() -> Report:
-        total = Report()
         async with opened(config) as engine:
-            for source in config.sources:
-                total.merge(await engine.resync(source, force))
-        return total
+            return await engine.resync(force=force)
 
     started = time.perf_counter()
     report = asyncio.run(go())

@@ -360,7 +360,7 @@ def peer_langchain(work: Path, files: int) -> dict[str, Any]:
                         for i, p in enumerate(paths[::100]):
                             edit(p, i)
                     started = time.perf_counter()
-                    report = await engine.reconcile(config.sources[0])
+                    report = await engine.resync()
                     out.append((time.perf_counter() - started, report.texts_embedded))
             return out
 

@@ -12,23 +12,16 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
-from urllib.request import Request, urlopen
 
 import structlog
 
 from syncd import __version__
-from syncd.config import (
-    FolderSource,
-    RedisSource,
-    Settings,
-    default_config_path,
-    load_config,
-    parse_listen,
-)
-from syncd.engine import Plan, Progress, Report, opened
+from syncd.config import FolderSource, RedisSource, Settings, default_config_path, load_config
+from syncd.engine import Progress, Report, opened
 from syncd.errors import BackendUnavailable, ConfigError, StoreError, StoreLocked, SyncdError
+from syncd.http import DaemonClient, hits_json
 from syncd.logs import configure_logging
+from syncd.plan import Plan
 from syncd.state import State
 
 log = structlog.get_logger()
@@ -131,7 +124,7 @@ def resync(settings: Settings, args: argparse.Namespace) -> int:
     except StoreLocked:
         if args.force or not settings.server.listen:
             raise
-        report = _resync_daemon(settings.server.listen, args.source)
+        report = DaemonClient(settings.server).resync(args.source)
     if args.json:
         print(json.dumps(asdict(report), indent=2))
     else:
@@ -141,21 +134,14 @@ def resync(settings: Settings, args: argparse.Namespace) -> int:
             f"{report.texts_embedded} texts embedded in {report.seconds:.1f}s"
         )
     for f in report.failures:
-        print(f"failed: {f['source']}/{f['path']}: {f['reason']}", file=sys.stderr)
+        print(f"failed: {f.source}/{f.path}: {f.reason}", file=sys.stderr)
     return EXIT_FAILED if report.failed else EXIT_OK
 
 
 async def _resync(settings: Settings, sources: list, force: bool, progress: Progress) -> Report:
-    total = Report()
-    started = time.monotonic()
-    async with opened(
-        settings, rebuild=force and len(sources) == len(settings.sources), progress=progress
-    ) as engine:
-        for source in sources:
-            total.merge(await engine.resync(source, force))
-        engine.state.drop_unused_vectors()
-    total.seconds = time.monotonic() - started
-    return total
+    rebuild = force and len(sources) == len(settings.sources)
+    async with opened(settings, rebuild=rebuild, progress=progress) as engine:
+        return await engine.resync(sources, force)
 
 
 def _dry_run(settings: Settings, sources: list, as_json: bool) -> int:
@@ -164,17 +150,17 @@ def _dry_run(settings: Settings, sources: list, as_json: bool) -> int:
             # A queue has no plan to show: its resync only re-checks the store.
             return [engine.plan(s) for s in sources if isinstance(s, FolderSource)]
 
-    plans = asyncio.run(plan())
+    plans = [p.summary() for p in asyncio.run(plan())]
     if as_json:
-        print(json.dumps({"plans": [p.summary() for p in plans]}, indent=2))
+        print(json.dumps({"plans": plans}, indent=2))
         return EXIT_OK
     for p in plans:
         print(
-            f"{p.source}: {len(p.add)} to add, {len(p.update)} to update, "
-            f"{len(p.delete)} to delete, {p.unchanged} unchanged"
+            f"{p['source']}: {len(p['add'])} to add, {len(p['update'])} to update, "
+            f"{len(p['delete'])} to delete, {p['unchanged']} unchanged"
         )
-        for label, paths in (("add", p.add), ("update", p.update), ("delete", p.delete)):
-            for path in paths:
+        for label in ("add", "update", "delete"):
+            for path in p[label]:
                 print(f"  {label:<6} {path}")
     return EXIT_OK
 
@@ -298,21 +284,19 @@ def search(settings: Settings, args: argparse.Namespace) -> int:
     if args.source:
         settings.source(args.source)
 
-    async def query() -> list[dict[str, Any]]:
+    async def query() -> dict[str, Any]:
         async with opened(settings, create=False) as engine:
-            return [
-                {"score": round(h.score, 4), **h.payload}
-                for h in await engine.search(args.query, args.limit, args.source)
-            ]
+            return hits_json(args.query, await engine.search(args.query, args.limit, args.source))
 
     try:
-        hits = asyncio.run(query())
+        result = asyncio.run(query())
     except StoreLocked:
         if not settings.server.listen:
             raise
-        hits = _search_daemon(settings.server.listen, args.query, args.limit, args.source)
+        result = DaemonClient(settings.server).search(args.query, args.limit, args.source)
+    hits = result["hits"]
     if args.json:
-        print(json.dumps({"query": args.query, "hits": hits}, indent=2))
+        print(json.dumps(result, indent=2))
         return EXIT_OK
     if not hits:
         print("no results (has `syncd resync` run?)")
@@ -320,33 +304,3 @@ def search(settings: Settings, args: argparse.Namespace) -> int:
         excerpt = " ".join(h["text"].split())[:200]
         print(f"{h['score']:.3f}  {h['source']}/{h['path']}  #{h['chunk_index']}\n       {excerpt}")
     return EXIT_OK
-
-
-def _daemon_url(listen: str, path: str, params: dict[str, Any]) -> str:
-    host, port = parse_listen(listen)
-    host = f"[{host}]" if ":" in host else host
-    query = urlencode({k: v for k, v in params.items() if v is not None})
-    return f"http://{host}:{port}{path}?{query}"
-
-
-def _ask_daemon(listen: str, request: Request | str) -> dict[str, Any]:
-    try:
-        with urlopen(request, timeout=3600) as response:
-            return json.load(response)
-    except OSError as e:
-        raise BackendUnavailable(
-            f"the embedded store is held by another process, and no syncd daemon answers "
-            f"at server.listen {listen} ({e})"
-        ) from e
-
-
-def _resync_daemon(listen: str, source: str | None) -> Report:
-    """The running daemon holds the store: have it reconcile, and report what it did."""
-    url = _daemon_url(listen, "/resync", {"source": source})
-    return Report(**_ask_daemon(listen, Request(url, method="POST")))
-
-
-def _search_daemon(listen: str, text: str, limit: int, source: str | None) -> list[dict[str, Any]]:
-    """Ask the running daemon, which holds the embedded store, to search for us."""
-    url = _daemon_url(listen, "/search", {"q": text, "limit": limit, "source": source})
-    return _ask_daemon(listen, url)["hits"]

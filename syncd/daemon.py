@@ -1,8 +1,10 @@
-"""`syncd run`: reconcile once, then follow folder events and rescan until told to stop.
+"""`syncd run`: reconcile once, then follow folder events and queues, and rescan, until stopped.
 
 Folder events are hints, not truth: they name paths to look at again once they have been
 quiet for `watch.debounce_seconds`. The startup reconcile and the periodic rescan repair
 whatever events missed (an overflowed inotify queue, changes made while syncd was down).
+Queue sources are consumed by supervised tasks: one that stops on an error is logged,
+turns /readyz to 503, and is started again with backoff.
 """
 
 from __future__ import annotations
@@ -14,19 +16,25 @@ import functools
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
+from syncd import metrics
 from syncd.config import FolderSource, RedisSource, Settings
 from syncd.engine import Engine, Report, opened
-from syncd.errors import BackendUnavailable, ConfigError, StoreError
+from syncd.errors import BackendUnavailable, ConfigError, SyncdError
 from syncd.http import HealthServer
 from syncd.notify import Notifier
+from syncd.plan import folder_plan
 from syncd.sources import folder
-from syncd.sources.redis_stream import RedisStream, follow
+from syncd.store import Hit
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 # A backend outage is retried with a growing pause, up to this.
 MAX_BACKOFF_SECONDS = 60.0
@@ -54,7 +62,35 @@ class InstanceLock:
         os.close(self._fd)
 
 
+async def until_done(
+    work: Callable[[], Awaitable[T]],
+    stop: asyncio.Event,
+    on_health: Callable[[bool], None] = lambda ok: None,
+) -> T | None:
+    """Run `work` until it succeeds and return its result (None if stopped first).
+
+    Only an unavailable backend is waited out, with backoff; nothing is dropped meanwhile.
+    Any other error is the caller's.
+    """
+    backoff = 1.0
+    while not stop.is_set():
+        try:
+            result = await work()
+        except BackendUnavailable as e:
+            on_health(False)
+            log.warning("backend_unavailable", error=str(e), retry_in=backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        else:
+            on_health(True)
+            return result
+    return None
+
+
 class Daemon:
+    """Also the service the HTTP server talks to (`syncd.http.Service`)."""
+
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
         self.engine = engine
@@ -63,10 +99,34 @@ class Daemon:
         # source → path → monotonic time of its last event; None as path: rescan the source.
         self.dirty: dict[str, dict[str | None, float]] = {s.name: {} for s in settings.sources}
         self.observers: list[folder.BaseObserver] = []
-        self.ready = False
+        self.started = False
         self.healthy = True
-        # The engine does one reconcile at a time; /resync requests queue here too.
+        #: Queue sources whose consumer is down (restarting with backoff).
+        self.consumers_down: set[str] = set()
+        # The engine applies one plan at a time: rescans, hints, queue batches, /resync.
         self.busy = asyncio.Lock()
+
+    # -- the service behind HTTP -------------------------------------------------------------
+
+    def ready(self) -> bool:
+        # A remote embedder retrying an outage has not failed the sync yet, but is down.
+        embedder_down = self.engine.embedder.failing_since is not None
+        return self.started and self.healthy and not self.consumers_down and not embedder_down
+
+    async def search(self, text: str, limit: int, source: str | None) -> list[Hit]:
+        return await self.engine.search(text, limit, source)
+
+    async def resync(self, names: list[str] | None = None, retry_failed: bool = True) -> Report:
+        """Reconcile these sources (all by default) now; also what `POST /resync` runs."""
+        sources = [s for s in self.settings.sources if not names or s.name in names]
+        async with self.busy:
+            return await self.engine.resync(sources, retry_failed=retry_failed)
+
+    async def observe(self) -> None:
+        """Refresh the gauges SQLite knows, on the loop that owns the engine."""
+        metrics.observe_state(self.engine.state, self.settings)
+
+    # -- following ---------------------------------------------------------------------------
 
     def hint(self, source: str, path: str | None) -> None:
         """Thread-safe: note that a path (or the whole source) changed."""
@@ -80,13 +140,15 @@ class Daemon:
         # Watch before the first reconcile, so a change made while it runs (or just after
         # /readyz turns 200) is an event, not something only the next rescan finds.
         self._watch()
-        await self._until_done(self._reconcile_all, stop)
+        await self._until_done(self._rescan, stop)
         if stop.is_set():
             return
-        self.ready = True
+        self.started = True
         notifier.ready()
+        from syncd.consumer import consume  # only daemons with queue sources need Redis
+
         queues = [
-            asyncio.ensure_future(self._follow(source, stop))
+            asyncio.ensure_future(consume(self, source, stop))
             for source in self.settings.sources
             if isinstance(source, RedisSource)
         ]
@@ -97,31 +159,17 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*queues, return_exceptions=True)
 
-    async def _follow(self, source: RedisSource, stop: asyncio.Event) -> None:
-        stream = RedisStream(source)
+    async def _until_done(self, work: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T | None:
+        """`until_done`, where an error that is not an outage skips this round: the next
+        rescan or event tries again, and the daemon goes on."""
         try:
-            await follow(
-                stream,
-                self._apply_queued(source.name),
-                self._last_applied(source.name),
-                self._until_done,
-                stop,
-            )
-        finally:
-            await stream.close()
+            return await until_done(work, stop, self._set_health)
+        except SyncdError as e:
+            log.error("work_failed", error=str(e), kind=type(e).__name__)
+            return None
 
-    def _apply_queued(self, source: str):
-        async def apply(upserts, deletes) -> Report:
-            async with self.busy:
-                return await self.engine.apply_queued(source, upserts, deletes)
-
-        return apply
-
-    def _last_applied(self, source: str):
-        def last(ids: set[str]) -> dict[str, str]:
-            return {p: kept[0] for p, kept in self.engine.state.queued(source, ids).items()}
-
-        return last
+    def _set_health(self, ok: bool) -> None:
+        self.healthy = ok
 
     async def _follow_folders(self, stop: asyncio.Event, notifier: Notifier) -> None:
         rescan = self.settings.watch.rescan_interval_seconds
@@ -130,7 +178,7 @@ class Daemon:
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_rescan:
-                await self._until_done(self._reconcile_all, stop)
+                await self._until_done(self._rescan, stop)
                 next_rescan = time.monotonic() + rescan
                 continue
             due = self._take_due(now, debounce)
@@ -161,54 +209,21 @@ class Daemon:
                 due[source] = ready
         return due
 
-    async def _reconcile_all(self) -> None:
-        await self.resync(retry_failed=False)
-
-    async def resync(self, names: list[str] | None = None, retry_failed: bool = True) -> Report:
-        """Reconcile these sources (all by default) now; also what `POST /resync` runs.
-
-        The daemon's own rescans retry failed documents with backoff, a user's at once.
-        """
-        total = Report()
-        for source in self.settings.sources:
-            if names and source.name not in names:
-                continue
-            async with self.busy:
-                total.merge(await self.engine.resync(source, retry_failed=retry_failed))
-            if self.engine.stopping.is_set():
-                break
-        return total
+    async def _rescan(self) -> Report:
+        return await self.resync(retry_failed=False)
 
     async def _sync_hints(self, due: dict[str, set[str | None]]) -> None:
         for source in self.settings.sources:
             paths = due.get(source.name)
-            if not isinstance(source, FolderSource):
-                continue
-            if not paths:
+            if not isinstance(source, FolderSource) or not paths:
                 continue
             # A directory event means "look at the whole source again" (cheap: stat only).
+            hinted = None if None in paths else set(paths)
             async with self.busy:
-                await self.engine.reconcile(
-                    source, paths=None if None in paths else set(paths), retry_failed=False
+                plan = folder_plan(
+                    self.engine.state, self.engine.store, source, paths=hinted, retry_failed=False
                 )
-
-    async def _until_done(self, work, stop: asyncio.Event):
-        """Run `work` until it succeeds and return its result (None if stopped first).
-
-        A backend outage is waited out with backoff, never dropped.
-        """
-        backoff = 1.0
-        while not stop.is_set():
-            try:
-                result = await work()
-                self.healthy = True
-                return result
-            except (BackendUnavailable, StoreError) as e:
-                self.healthy = False
-                log.warning("backend_unavailable", error=str(e), retry_in=backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                await self.engine.apply(plan)
 
     def _watch(self) -> None:
         for source in self.settings.sources:
@@ -223,28 +238,23 @@ class Daemon:
 
     def _summary(self) -> str:
         pending = sum(len(p) for p in self.dirty.values())
-        return f"{'ready' if self.ready else 'starting'}; {pending} changes waiting"
+        return f"{'ready' if self.started else 'starting'}; {pending} changes waiting"
 
 
 async def run(settings: Settings, handle_signals: bool = True) -> None:
-    """The daemon's whole life: lock, open, serve health, reconcile and follow, drain, close."""
+    """The daemon's whole life: lock, open, serve health, reconcile and follow, drain, close.
+
+    A first SIGTERM/SIGINT drains (bounded by SHUTDOWN_GRACE_SECONDS); a second one
+    cancels everything at once, which the next run repairs like a crash.
+    """
     lock = InstanceLock(settings.state.path)
     stop = asyncio.Event()
     notifier = Notifier()
     try:
         if handle_signals:
-            _on_signals(stop)
-        backoff = 1.0
-        while not stop.is_set():
-            try:
-                await _serve(settings, stop, notifier)
-                break
-            except BackendUnavailable as e:
-                # Unreachable at start-up (the embedder's first request, Qdrant): wait it out.
-                log.warning("backend_unavailable", error=str(e), retry_in=backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+            _on_signals(stop, asyncio.current_task())
+        # Unreachable at start-up (the embedder's first request, Qdrant): wait it out.
+        await until_done(lambda: _serve(settings, stop, notifier), stop)
         log.info("stopped")
     finally:
         lock.release()
@@ -253,9 +263,7 @@ async def run(settings: Settings, handle_signals: bool = True) -> None:
 async def _serve(settings: Settings, stop: asyncio.Event, notifier: Notifier) -> None:
     async with opened(settings) as engine:
         daemon = Daemon(settings, engine)
-        server = (
-            HealthServer.start(settings.server.listen, daemon) if settings.server.listen else None
-        )
+        server = HealthServer.start(settings.server, daemon) if settings.server.listen else None
         # The engine stops taking documents as soon as a signal arrives.
         stopping = asyncio.ensure_future(_relay(stop, engine.stopping))
         watchdog = asyncio.ensure_future(notifier.keep_alive())
@@ -275,7 +283,7 @@ async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
     target.set()
 
 
-async def _bounded(work, stop: asyncio.Event) -> None:
+async def _bounded(work: Awaitable[None], stop: asyncio.Event) -> None:
     """Run `work`; once `stop` is set, give it SHUTDOWN_GRACE_SECONDS, then cancel it.
 
     Cancelling is safe at any point: the engine's write order makes a cut-off batch
@@ -294,15 +302,17 @@ async def _bounded(work, stop: asyncio.Event) -> None:
         await task
 
 
-def _on_signals(stop: asyncio.Event) -> None:
+def _on_signals(stop: asyncio.Event, main: asyncio.Task | None) -> None:
     loop = asyncio.get_running_loop()
 
-    def first() -> None:
+    def on_signal() -> None:
         if stop.is_set():
             log.warning("second_signal_exiting_now")
-            os._exit(1)
+            if main is not None:
+                main.cancel()
+            return
         log.info("stopping", grace_seconds=SHUTDOWN_GRACE_SECONDS)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, first)
+        loop.add_signal_handler(sig, on_signal)

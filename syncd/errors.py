@@ -5,12 +5,18 @@
     │   └── StoreMismatch      the collection was built with another embedder: exit 2
     ├── BackendUnavailable     Qdrant, the embedder or Redis unreachable, or refused credentials: exit 3
     │   ├── EmbedAuth          the embedding API refused the key (401/403)
-    │   └── StoreLocked        the embedded store is held by another process (`syncd run`)
+    │   ├── StoreLocked        the embedded store is held by another process (`syncd run`)
+    │   └── SourceUnavailable  a source folder is missing or empty while documents are known
+    ├── SourceError            a source refused a request (Redis answered an error): retried
     ├── DocumentError          one document cannot be synced; recorded as failed, others go on
     │   ├── EmbedRejected      the embedding API rejected this document's text (400/413/422)
     │   └── UnsupportedFormat  not a kind of file syncd reads; recorded as skipped
     ├── EmbedTransient         connection error, timeout, 408/429/5xx: retried, never fatal to a document
-    └── StoreError             Qdrant answered with an error for a write or query
+    ├── StoreError             Qdrant refused a write or query: fails the documents concerned
+    └── StateError             SQLite failed (disk full, corrupt or unreadable file): exit 1
+
+Only BackendUnavailable means "wait and try again": the daemon retries it with backoff
+and nothing else.
 
 Each module translates the exceptions of the library it wraps at its edge, so nothing
 above `store/`, `embedders/` or `state.py` catches a library's own exception types.
@@ -49,6 +55,15 @@ class StoreLocked(BackendUnavailable):
     """The embedded store allows one process, and another one has it open."""
 
 
+class SourceUnavailable(BackendUnavailable):
+    """A source root is missing or empty though the state knows documents under it
+    (most likely an unmounted share): nothing is deleted until it is back or confirmed."""
+
+
+class SourceError(SyncdError):
+    """A source answered a request with an error (not an outage)."""
+
+
 class DocumentError(SyncdError):
     """One document cannot be synced; the message is the reason shown by `status`."""
 
@@ -72,3 +87,7 @@ class EmbedTransient(SyncdError):
 
 class StoreError(SyncdError):
     """Qdrant answered a request with an error."""
+
+
+class StateError(SyncdError):
+    """syncd's own SQLite state failed."""

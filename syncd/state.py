@@ -6,17 +6,19 @@ state never claims more than the store holds; the engine repairs the other direc
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
-from syncd.errors import ConfigError
+from syncd.errors import ConfigError, StateError
 
 # Ordered and append-only: PRAGMA user_version records how many have run.
 MIGRATIONS = [
@@ -85,6 +87,18 @@ class DocRow:
 
 
 @dataclass(frozen=True)
+class QueuedText:
+    """The last text of a queue document, kept because a queue cannot be replayed.
+
+    `text` is None once a delete was applied, so an older redelivered entry stays dead.
+    """
+
+    entry_id: str
+    text: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Synced:
     """A document whose points are in the store, to be recorded as done."""
 
@@ -94,8 +108,7 @@ class Synced:
     mtime_ns: int
     doc_hash: str
     hashes: list[str]
-    #: Queue documents: (entry id, text, metadata), kept because a queue cannot replay.
-    kept: tuple[str, str, dict] | None = None
+    queued: QueuedText | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +120,23 @@ class SourceStatus:
     skipped: int
     pending: int
     last_sync: float | None
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _translated(method: Callable[P, R]) -> Callable[P, R]:
+    """sqlite3's exceptions → StateError (a full disk, a corrupt or locked file)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error as e:
+            raise StateError(f"state database: {e}") from e
+
+    return wrapper
 
 
 class State:
@@ -121,6 +151,7 @@ class State:
         except (OSError, sqlite3.Error) as e:
             raise ConfigError(f"state.path: cannot open {path}: {e}") from e
 
+    @_translated
     def close(self) -> None:
         self.db.close()
 
@@ -145,6 +176,7 @@ class State:
 
     # -- the embedder the vectors belong to ---------------------------------------------
 
+    @_translated
     def use_embedder(self, model_id: str) -> None:
         """Forget cached vectors made by another embedder."""
         row = self.db.execute("SELECT value FROM meta WHERE key='embedder'").fetchone()
@@ -156,17 +188,12 @@ class State:
 
     # -- documents ----------------------------------------------------------------------
 
+    @_translated
     def documents(self, source: str) -> dict[str, DocRow]:
         rows = self.db.execute("SELECT * FROM documents WHERE source=?", (source,))
         return {r[1]: DocRow(*r) for r in rows}
 
-    def chunk_hashes(self, source: str, path: str) -> list[str]:
-        rows = self.db.execute(
-            "SELECT chunk_hash FROM chunks WHERE source=? AND path=? ORDER BY chunk_index",
-            (source, path),
-        )
-        return [r[0] for r in rows]
-
+    @_translated
     def record_synced(self, docs: list[Synced]) -> None:
         """These documents' points are in the store: one transaction for all of them."""
         now = time.time()
@@ -174,9 +201,15 @@ class State:
             db.executemany(
                 "INSERT OR REPLACE INTO queued_documents VALUES (?, ?, ?, ?, ?)",
                 [
-                    (d.source, d.path, d.kept[0], d.kept[1], json.dumps(d.kept[2]))
+                    (
+                        d.source,
+                        d.path,
+                        d.queued.entry_id,
+                        d.queued.text,
+                        json.dumps(d.queued.metadata),
+                    )
                     for d in docs
-                    if d.kept
+                    if d.queued
                 ],
             )
             db.executemany(
@@ -194,6 +227,7 @@ class State:
                 ],
             )
 
+    @_translated
     def record_problem(
         self, source: str, path: str, size: int, mtime_ns: int, status: str, reason: str
     ) -> None:
@@ -209,6 +243,7 @@ class State:
                 (source, path, size, mtime_ns, status, reason, time.time()),
             )
 
+    @_translated
     def touch(self, source: str, path: str, size: int, mtime_ns: int) -> None:
         """Same bytes, new size/mtime record (e.g. a `touch`): nothing to re-read next time."""
         self.db.execute(
@@ -216,6 +251,7 @@ class State:
             (size, mtime_ns, source, path),
         )
 
+    @_translated
     def forget(self, source: str, paths: Iterable[str], entry_id: str | None = None) -> None:
         """The documents are gone from the store; a queue delete leaves its entry id."""
         keys = [(source, p) for p in paths]
@@ -228,6 +264,7 @@ class State:
             db.executemany("DELETE FROM chunks WHERE source=? AND path=?", keys)
             db.executemany("DELETE FROM documents WHERE source=? AND path=?", keys)
 
+    @_translated
     def set_pending(self, source: str, pending: int, synced: bool = False) -> None:
         """How many documents wait to be synced; `synced` also stamps a completed sync."""
         self.db.execute(
@@ -236,10 +273,9 @@ class State:
             (source, time.time() if synced else None, pending),
         )
 
-    def queued(
-        self, source: str, paths: Iterable[str] | None = None
-    ) -> dict[str, tuple[str, str | None, dict]]:
-        """path → (entry id, kept text or None if deleted, metadata) of a queue source."""
+    @_translated
+    def queued(self, source: str, paths: Iterable[str] | None = None) -> dict[str, QueuedText]:
+        """path → the last applied entry of each document of a queue source."""
         sql = "SELECT path, entry_id, text, metadata FROM queued_documents WHERE source=?"
         if paths is None:
             rows = list(self.db.execute(sql, (source,)))
@@ -251,12 +287,13 @@ class State:
                     f"{sql} AND path IN ({','.join('?' * len(part))})", [source, *part]
                 )
         return {
-            path: (entry, text, json.loads(meta) if meta else {})
+            path: QueuedText(entry, text, json.loads(meta) if meta else {})
             for path, entry, text, meta in rows
         }
 
     # -- vectors --------------------------------------------------------------------------
 
+    @_translated
     def vectors(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}
         keys = list(set(hashes))
@@ -269,6 +306,7 @@ class State:
             found.update((h, np.frombuffer(v, dtype=np.float32)) for h, v in rows)
         return found
 
+    @_translated
     def add_vectors(self, vectors: dict[str, np.ndarray]) -> None:
         with self.transaction() as db:
             db.executemany(
@@ -276,6 +314,7 @@ class State:
                 [(h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()],
             )
 
+    @_translated
     def drop_unused_vectors(self) -> int:
         cur = self.db.execute(
             "DELETE FROM vectors WHERE chunk_hash NOT IN (SELECT chunk_hash FROM chunks)"
@@ -284,6 +323,7 @@ class State:
 
     # -- reporting ------------------------------------------------------------------------
 
+    @_translated
     def status(self, source: str) -> SourceStatus:
         docs, chunks = self.db.execute(
             "SELECT count(*), coalesce(sum(chunk_count), 0) FROM documents WHERE source=? AND status='done'",

@@ -92,11 +92,8 @@ def resync(embedder: CountingEmbedder) -> Callable[..., Report]:
 
     def run(settings: Settings, force: bool = False) -> Report:
         async def go() -> Report:
-            total = Report()
             async with opened(settings, rebuild=force, embedder=embedder) as engine:
-                for source in settings.sources:
-                    total.merge(await engine.reconcile(source, force))
-            return total
+                return await engine.resync(force=force)
 
         return asyncio.run(go())
 

@@ -152,8 +152,8 @@ def test_requests_per_minute_is_never_exceeded(fake_embed):
     run(go())
     times = sorted(r.at for r in fake_embed.log)
     gaps = np.diff(times)
-    # Spaced by the limit (a little slack for timer jitter) and not much slower than it.
-    assert gaps.min() >= 0.09, gaps.min()
+    # Spaced by the limit (slack for timer jitter and arrival at a loaded server) and not much slower than it.
+    assert gaps.min() >= 0.085, gaps.min()
     achieved = (len(times) - 1) / (times[-1] - times[0]) * 60
     assert 0.9 * rpm <= achieved <= rpm * 1.02, achieved
 
@@ -205,11 +205,8 @@ def remote_settings(make_config, api, provider, **embedder):
 
 def resync_remote(settings) -> Report:
     async def go():
-        total = Report()
         async with opened(settings) as engine:
-            for source in settings.sources:
-                total.merge(await engine.reconcile(source))
-        return total
+            return await engine.resync()
 
     return asyncio.run(go())
 
@@ -256,7 +253,7 @@ def test_one_rejected_text_fails_only_its_document(docs, make_config, fake_embed
     report = resync_remote(settings)
     assert (report.added, report.failed) == (40, 1)
     (failure,) = report.failures
-    assert failure["path"] == "bad.txt" and "forbidden content" in failure["reason"]
+    assert failure.path == "bad.txt" and "forbidden content" in failure.reason
     assert "bad.txt" not in {p["path"] for p in points(settings).values()}
 
 

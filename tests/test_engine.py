@@ -187,7 +187,7 @@ def test_bad_inputs_are_recorded_and_the_rest_syncs(corpus, make_config, resync,
 
     monkeypatch.setattr(folder, "read", read)
     report = resync(settings)
-    reasons = {f["path"]: f["reason"] for f in report.failures}
+    reasons = {f.path: f.reason for f in report.failures}
     assert reasons == {
         "binary.txt": "binary file (contains NUL bytes)",
         "latin1.txt": "invalid UTF-8 at byte 3",
@@ -268,13 +268,13 @@ def test_server_store_holds_the_same_points_through_edits(corpus, make_config, e
     async def go() -> None:
         async with opened(settings, embedder=embedder) as engine:
             source = settings.sources[0]
-            await engine.reconcile(source)
+            await engine.resync([source])
             assert server_points(engine).keys() == expected(settings).keys()
             write(corpus, "tides.md", "# tides\n\nShorter now.")
             (corpus / "bees.md").rename(corpus / "bees2.md")
             (corpus / "glass.md").unlink()
             embedder.reset()
-            report = await engine.reconcile(source)
+            report = await engine.resync([source])
             assert (report.added, report.updated, report.deleted) == (1, 1, 2)
             assert len(embedder.texts) == 1  # only the new text of tides.md
             want = expected(settings)
@@ -289,13 +289,14 @@ def test_server_store_holds_the_same_points_through_edits(corpus, make_config, e
 def test_unchanged_failed_document_is_retried_with_backoff_unless_asked(docs, settings, embedder):
     import asyncio
 
-    from syncd.engine import opened, retry_delay
+    from syncd.engine import opened
+    from syncd.plan import retry_delay
 
     (docs / "poison.txt").write_bytes(b"\x00binary")
 
     async def run(retry_failed: bool):
         async with opened(settings, embedder=embedder) as engine:
-            report = await engine.reconcile(settings.sources[0], retry_failed=retry_failed)
+            report = await engine.resync(retry_failed=retry_failed)
             return report, engine.state.documents("docs")["poison.txt"]
 
     first, doc = asyncio.run(run(True))

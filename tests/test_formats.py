@@ -214,7 +214,7 @@ def test_bad_documents_fail_with_the_library_reason_and_the_rest_syncs(library, 
     (library / "html-in-disguise.pdf").write_bytes(b"<html><body>not a pdf</body></html>")
     (library / "unknown.bin").write_bytes(b"\x00\x01\x02")
     report = resync(settings)
-    reasons = {f["path"]: f["reason"] for f in report.failures}
+    reasons = {f.path: f.reason for f in report.failures}
     assert set(reasons) == {"truncated.docx", "corrupt.pdf", "html-in-disguise.pdf"}
     assert "zip" in reasons["truncated.docx"].lower()
     assert "pdf" in reasons["corrupt.pdf"].lower()

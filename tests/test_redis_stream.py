@@ -218,7 +218,7 @@ def test_resync_of_a_queue_source_repairs_the_store_from_sqlite(queue, redis_ser
     assert_store_is(queue, {f"d{i}": (f"Note {i}.", {}) for i in range(5)})
 
 
-def test_text_the_embedder_keeps_rejecting_is_dead_lettered_after_max_deliveries(
+def test_text_the_embedder_rejects_is_dead_lettered_at_the_first_rejection(
     redis_server, make_daemon, fake_embed
 ):
     fake_embed.reject_marker = "FORBIDDEN"
@@ -250,6 +250,7 @@ def test_text_the_embedder_keeps_rejecting_is_dead_lettered_after_max_deliveries
     wait_until(lambda: drained(queue), 60, "drained")
     ((_, dead),) = client.xrange(f"{STREAM}:dead")
     assert dead["id"] == "bad" and "forbidden content" in dead["_reason"]
-    assert int(dead["_deliveries"]) == 3
+    # Rejected once is rejected always: no waiting for max_deliveries redeliveries.
+    assert int(dead["_deliveries"]) == 1
     assert queue.stop() == 0
     assert_store_is(queue, {"good": ("This one is fine.", {})})

@@ -17,6 +17,8 @@ class Embedder(Protocol):
     dimension: int
     #: Texts one `embed` call may take.
     max_batch: int
+    #: Monotonic time since when requests keep failing (being retried); None when healthy.
+    failing_since: float | None
 
     async def start(self) -> None:
         """Be ready to embed and know `dimension` (a remote API may be asked once).

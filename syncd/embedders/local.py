@@ -37,6 +37,8 @@ def _tokenizer_path() -> Path:
 
 
 class LocalEmbedder:
+    #: In-process: never down.
+    failing_since = None
     dimension = DIMENSION
     max_batch = 256
 

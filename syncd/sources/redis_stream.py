@@ -10,13 +10,9 @@ and acknowledged.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 import os
 import socket
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +22,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from syncd import metrics
 from syncd.config import RedisSource
-from syncd.engine import QueuedDocument, Report
-from syncd.errors import BackendUnavailable
+from syncd.errors import BackendUnavailable, SourceError
 
 log = structlog.get_logger()
 
@@ -63,9 +57,19 @@ def entry_order(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+# Bounds on what one entry may carry; larger ones are dead-lettered, not applied.
+MAX_TEXT_CHARS = 20_000_000
+MAX_METADATA_CHARS = 65_536
+
+
 def parse(entry: Entry) -> Parsed:
     """Raise ValueError with the reason for a malformed entry."""
     f = entry.fields
+    for name, value in f.items():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"field {_utf8(name)!r} is not valid UTF-8") from None
     op, doc_id = f.get("op"), f.get("id")
     if op not in ("upsert", "delete"):
         raise ValueError(f"op must be 'upsert' or 'delete', got {op!r}")
@@ -75,15 +79,33 @@ def parse(entry: Entry) -> Parsed:
         return Parsed(entry, doc_id, None, {})
     if "text" not in f:
         raise ValueError("upsert without field 'text'")
-    metadata: Any = {}
-    if f.get("metadata"):
-        try:
-            metadata = json.loads(f["metadata"])
-        except ValueError as e:
-            raise ValueError(f"metadata is not JSON: {e}") from None
-        if not isinstance(metadata, dict):
-            raise ValueError("metadata must be a JSON object")
-    return Parsed(entry, doc_id, f["text"], metadata)
+    if len(f["text"]) > MAX_TEXT_CHARS:
+        raise ValueError(f"text longer than {MAX_TEXT_CHARS} characters")
+    return Parsed(entry, doc_id, f["text"], _metadata(f.get("metadata")))
+
+
+def _metadata(raw: str | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    if len(raw) > MAX_METADATA_CHARS:
+        raise ValueError(f"metadata longer than {MAX_METADATA_CHARS} characters")
+    try:
+        metadata = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("metadata is nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(f"metadata is not JSON: {e}") from None
+    if not isinstance(metadata, dict):
+        raise ValueError("metadata must be a JSON object")
+    return metadata
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"metadata holds {name}, which is not JSON (no NaN or Infinity)")
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 class RedisStream:
@@ -91,8 +113,14 @@ class RedisStream:
         self.source = source
         self.dead_stream = f"{source.stream}:dead"
         self.consumer = source.consumer or f"{socket.gethostname()}-{os.getpid()}"
+        # Invalid UTF-8 in an entry must fail that entry, not the read: such bytes come
+        # through as lone surrogates, which `parse` rejects and `dead_letter` writes back.
         self._redis = redis.Redis.from_url(
-            source.url, decode_responses=True, socket_timeout=30, socket_connect_timeout=5
+            source.url,
+            decode_responses=True,
+            encoding_errors="surrogateescape",
+            socket_timeout=30,
+            socket_connect_timeout=5,
         )
         self._group_ready = False
         self._claim_cursor = "0-0"
@@ -102,7 +130,7 @@ class RedisStream:
 
     async def read(self, block_ms: int) -> list[Entry]:
         """Reclaimed entries first (stale pending ones), else new ones; at most `batch`."""
-        async with _translated(self.source):
+        async with _translated(self):
             await self._ensure_group()
             entries = await self._reclaim()
             if entries:
@@ -154,14 +182,14 @@ class RedisStream:
 
     async def ack(self, entries: list[Entry]) -> None:
         if entries:
-            async with _translated(self.source):
+            async with _translated(self):
                 await self._redis.xack(
                     self.source.stream, self.source.group, *[e.id for e in entries]
                 )
 
     async def dead_letter(self, entry: Entry, reason: str) -> None:
         """Copy the entry and the reason to `<stream>:dead`, then acknowledge it."""
-        async with _translated(self.source), self._redis.pipeline(transaction=True) as pipe:
+        async with _translated(self), self._redis.pipeline(transaction=True) as pipe:
             pipe.xadd(
                 self.dead_stream,
                 {
@@ -176,7 +204,7 @@ class RedisStream:
         log.warning("entry_dead_lettered", source=self.source.name, entry=entry.id, reason=reason)
 
     async def status(self) -> StreamStatus:
-        async with _translated(self.source):
+        async with _translated(self):
             await self._ensure_group()
             groups = await self._redis.xinfo_groups(self.source.stream)
             group = next((g for g in groups if g["name"] == self.source.group), {})
@@ -188,8 +216,9 @@ class RedisStream:
 class _translated:
     """redis-py's exceptions → syncd's: an unreachable Redis is a backend outage."""
 
-    def __init__(self, source: RedisSource) -> None:
-        self.source = source
+    def __init__(self, stream: RedisStream) -> None:
+        self.stream = stream
+        self.source = stream.source
 
     async def __aenter__(self) -> None:
         return None
@@ -200,96 +229,7 @@ class _translated:
                 f"Redis for source {self.source.name} is unreachable: {error}"
             ) from error
         if isinstance(error, RedisError):
-            raise BackendUnavailable(f"Redis for source {self.source.name}: {error}") from error
+            if "NOGROUP" in str(error):
+                self.stream._group_ready = False  # deleted by hand: made again next read
+            raise SourceError(f"Redis for source {self.source.name}: {error}") from error
         return False
-
-
-Apply = Callable[[dict[str, QueuedDocument], dict[str, str]], Awaitable[Report]]
-UntilDone = Callable[[Callable[[], Awaitable[Any]], asyncio.Event], Awaitable[Any]]
-
-
-async def follow(
-    stream: RedisStream,
-    apply: Apply,
-    last_applied: Callable[[set[str]], dict[str, str]],
-    until_done: UntilDone,
-    stop: asyncio.Event,
-) -> None:
-    """Read, apply and acknowledge entries until `stop`; outages are waited out by `until_done`.
-
-    `last_applied` maps document ids to the newest entry id already applied to them.
-
-    While the embedder, Qdrant or Redis is down the current batch is retried and nothing
-    new is read, so memory stays bounded by `batch` entries.
-    """
-    source = stream.source
-    observed = 0.0
-    while not stop.is_set():
-        if time.monotonic() - observed >= _OBSERVE_EVERY:
-            await _observe(stream)
-            observed = time.monotonic()
-        entries = await until_done(lambda: stream.read(block_ms=1000), stop)
-        if not entries:
-            continue
-        good = []
-        for entry in entries:
-            try:
-                good.append(parse(entry))
-            except ValueError as e:
-                await until_done(
-                    functools.partial(stream.dead_letter, entry, f"malformed: {e}"), stop
-                )
-        winners, done = _latest_per_document(good, last_applied({p.doc_id for p in good}))
-        upserts = {
-            d: QueuedDocument(p.text, p.metadata, p.entry.id)
-            for d, p in winners.items()
-            if p.text is not None
-        }
-        deletes = {d: p.entry.id for d, p in winners.items() if p.text is None}
-        report = await until_done(functools.partial(apply, upserts, deletes), stop)
-        if report is None:
-            return  # stopped mid-outage: the entries stay pending for the next run
-        failed = {f["path"]: f["reason"] for f in report.failures}
-        done += [p.entry for d, p in winners.items() if d not in failed]
-        await until_done(functools.partial(stream.ack, done), stop)
-        for doc_id, reason in failed.items():
-            entry = winners[doc_id].entry
-            if entry.deliveries >= source.max_deliveries:
-                await until_done(functools.partial(stream.dead_letter, entry, reason), stop)
-            # Otherwise it stays pending and is reclaimed after claim_idle_seconds.
-
-
-# Stream lag, pending and dead letters are sampled for /metrics this often.
-_OBSERVE_EVERY = 5.0
-
-
-async def _observe(stream: RedisStream) -> None:
-    try:
-        status = await stream.status()
-    except BackendUnavailable:
-        return  # the read that follows waits the outage out
-    name = stream.source.name
-    metrics.stream_lag.labels(name).set(status.lag or 0)
-    metrics.stream_pending.labels(name).set(status.pending)
-    metrics.dead_letters.labels(name).set(status.dead)
-
-
-def _latest_per_document(
-    parsed: list[Parsed], applied: dict[str, str]
-) -> tuple[dict[str, Parsed], list[Entry]]:
-    """The newest entry per document, and the entries it supersedes (acked with it).
-
-    An entry older than the one last applied for its document (a late redelivery) is
-    superseded too, so an old text never overwrites a newer one.
-    """
-    winners: dict[str, Parsed] = {}
-    superseded: list[Entry] = []
-    for p in sorted(parsed, key=lambda p: entry_order(p.entry.id)):
-        last = applied.get(p.doc_id)
-        if last is not None and entry_order(last) >= entry_order(p.entry.id):
-            superseded.append(p.entry)
-            continue
-        if p.doc_id in winners:
-            superseded.append(winners[p.doc_id].entry)
-        winners[p.doc_id] = p
-    return winners, superseded
