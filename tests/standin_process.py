@@ -64,9 +64,5 @@ class StandinProcess:
         self.proc.stdout.close()
         self.proc = None
 
-    def restart(self) -> StandinProcess:
-        self.stop()
-        return self.start()
-
     def client(self, **kwargs: Any) -> QdrantClient:
         return QdrantClient(url=self.url, prefer_grpc=False, **kwargs)

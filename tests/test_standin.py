@@ -6,6 +6,9 @@ Each test talks to tests/qdrant_standin.py running as a child process, through
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import warnings
 
 import httpx
@@ -313,3 +316,32 @@ def test_a_wrong_or_missing_api_key_is_refused(make_standin):
     assert httpx.get(f"{standin.url}/readyz").status_code == 200
     for made in (wrong, right):
         made.close()
+
+
+def test_cli_resync_and_search_use_the_standin_and_exit_3_while_it_is_down(
+    make_standin, docs, make_config
+):
+    standin = make_standin()
+    (docs / "tides.txt").write_text("The moon's gravity raises the tides twice a day.\n")
+    (docs / "bread.md").write_text("# Sourdough\n\nFeed the starter with flour and water.\n")
+    project = make_config(qdrant={"url": standin.url, "collection": "mirror"}).parent
+
+    def syncd(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "syncd", *args],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert syncd("resync").returncode == 0
+    client = standin.client()
+    records, _ = client.scroll("mirror", limit=10, with_payload=True)
+    assert sorted(r.payload["path"] for r in records) == ["bread.md", "tides.txt"]
+    found = syncd("search", "ocean tides and the moon", "--json", "--limit", "1")
+    assert json.loads(found.stdout)["hits"][0]["path"] == "tides.txt"
+    client.close()
+    standin.stop()
+    down = syncd("resync")
+    assert down.returncode == 3, down.stderr
