@@ -161,3 +161,22 @@ def make_daemon(make_config, tmp_path: Path):
         if d.proc and d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+
+
+@pytest.fixture
+def make_standin(tmp_path: Path):
+    """`make_standin(api_key=None)`: a Qdrant server stand-in in its own process, started.
+
+    See tests/qdrant_standin.py for what it is and is not; stopped at the end of the test.
+    """
+    from standin_process import StandinProcess
+
+    made = []
+
+    def make(api_key: str | None = None):
+        made.append(StandinProcess(tmp_path / f"qdrant-server-{len(made)}", api_key).start())
+        return made[-1]
+
+    yield make
+    for standin in made:
+        standin.stop()
