@@ -313,3 +313,25 @@ def test_search_embeds_the_query_as_a_query(docs, make_config, fake_embed):
     (hit,) = asyncio.run(go())
     assert hit.payload["path"] == "a.txt"
     assert fake_embed.ok()[-1].body == {"texts": ["alpha?"], "type": "query"}
+
+
+# -- the key never leaks -------------------------------------------------------------------
+
+SECRET = "sk-leak-0123456789abcdef"
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+@pytest.mark.parametrize("status", [401, 422, 503])
+def test_an_api_echoing_the_request_never_gets_the_key_into_errors_or_logs(
+    fake_embed, capsys, caplog, status, as_text
+):
+    fake_embed.key, fake_embed.echo, fake_embed.echo_as_text = SECRET, status, as_text
+    e = AI21Embedder(
+        config(fake_embed, api_key=SECRET), retry_seconds=0.3, max_backoff_seconds=0.05
+    )
+    with structlog.testing.capture_logs() as logs, pytest.raises(Exception) as info:
+        run(embed_once(e, ["some text"]))
+    seen = [str(info.value), repr(info.value), repr(logs), caplog.text, *capsys.readouterr()]
+    assert fake_embed.log and all(r.authorization == f"Bearer {SECRET}" for r in fake_embed.log)
+    assert "[redacted]" in str(info.value)
+    assert not [channel for channel in seen if SECRET in channel]
