@@ -154,7 +154,7 @@ class Server(Section):
     token_file: Path | None = None
 
     @model_validator(mode="after")
-    def _listen_is_host_port(self) -> Server:
+    def _listen_and_token(self) -> Server:
         if self.listen:
             parse_listen(self.listen)
         if self.token is not None and self.token_file is not None:
