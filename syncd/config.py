@@ -6,7 +6,9 @@ raises `ConfigError` naming the offending key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,8 +23,14 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
+from syncd.credentials import read_secret_file, secret_problem
 from syncd.errors import ConfigError
 from syncd.extract import DEFAULT_INCLUDE
 
@@ -48,6 +56,9 @@ class FolderSource(Section):
     # OCR of pages without a text layer (Tesseract; needs e.g. Debian's tesseract-ocr-eng).
     ocr: bool = False
     ocr_language: Annotated[str, Field(pattern=r"^[a-z_]{3,}(\+[a-z_]{3,})*$")] = "eng"
+    # A listing that would delete a larger share of a source of >= 20 documents is held
+    # until `resync --allow-delete`: an unmounted or half-synced folder looks like that.
+    max_delete_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
 
 
 class RedisSource(Section):
@@ -102,6 +113,12 @@ class Embedder(Section):
     max_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     timeout_seconds: Annotated[float, Field(gt=0)] = 30
 
+    @model_validator(mode="after")
+    def _key_is_one_token(self) -> Embedder:
+        if self.api_key is not None:
+            _check_secret(self.api_key, "embedder.api_key")
+        return self
+
 
 class Qdrant(Section):
     path: Path | None = Path(".syncd/qdrant")
@@ -109,25 +126,50 @@ class Qdrant(Section):
     api_key: SecretStr | None = None
     collection: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "syncd"
 
+    @model_validator(mode="after")
+    def _key_is_one_token(self) -> Qdrant:
+        if self.api_key is not None:
+            _check_secret(self.api_key, "qdrant.api_key")
+        return self
+
 
 class State(Section):
     path: Path = Path(".syncd/state.db")
+    # Cached vectors of chunks no longer in use, kept so an undo or a rename back is free.
+    vector_retention_days: Annotated[float, Field(ge=0)] = 7
 
 
 class Watch(Section):
     debounce_seconds: Annotated[float, Field(ge=0)] = 1.0
     rescan_interval_seconds: Annotated[float, Field(ge=0)] = 300
     polling: bool = False
+    # The daemon's own `verify --repair`; 0 disables.
+    verify_interval_seconds: Annotated[float, Field(ge=0)] = 86400
 
 
 class Server(Section):
     listen: str | None = "127.0.0.1:9187"
+    #: Bearer token for every endpoint but /livez and /readyz; required beyond loopback.
+    token: SecretStr | None = None
+    token_file: Path | None = None
 
     @model_validator(mode="after")
-    def _listen_is_host_port(self) -> Server:
+    def _listen_and_token(self) -> Server:
         if self.listen:
             parse_listen(self.listen)
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set server.token or server.token_file, not both")
+        if self.token is not None:
+            _check_secret(self.token, "server.token")
         return self
+
+    def bearer_token(self) -> str | None:
+        """The token clients must send, read from `token_file` on each call (rotation)."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            return read_secret_file(self.token_file, "server.token_file")
+        return None
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -136,6 +178,41 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not port.isdigit() or int(port) > 65535:
         raise ValueError(f"expected HOST:PORT, got {listen!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def check_listen_safe(settings: Settings) -> None:
+    """`syncd run` only: refuse to serve /search and /resync beyond loopback without a token.
+
+    Other commands load such a config as is; they never listen.
+    """
+    if not settings.server.listen:
+        return
+    host, _ = parse_listen(settings.server.listen)
+    server = settings.server
+    if server.token is None and server.token_file is None and not _is_loopback(host):
+        raise ConfigError(
+            f"server.token: server.listen {settings.server.listen} is reachable beyond "
+            "loopback, and anyone who reaches it could read every indexed chunk",
+            hint="set server.token or server.token_file, or listen on 127.0.0.1",
+        )
+    # An unreadable token file fails at start-up, not on the first request.
+    server.bearer_token()
+
+
+def _check_secret(value: SecretStr, key: str) -> None:
+    problem = secret_problem(value.get_secret_value())
+    if problem:
+        raise ValueError(f"{key} {problem}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        # A host name may resolve anywhere, now or later.
+        return False
 
 
 class Log(Section):
@@ -206,12 +283,14 @@ def default_config_path() -> Path:
 def load_config(path: Path | None = None) -> Settings:
     """Read, override from the environment, validate, and anchor relative paths at the file."""
     path = path or default_config_path()
+    _check_environment()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_bytes()) or {}
     except OSError as e:
         raise ConfigError(f"config file {path}: {e.strerror}") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path}: invalid YAML: {e}") from e
+        # PyYAML's own message quotes the offending line, which may be the one with a key.
+        raise ConfigError(f"config file {path}: invalid YAML {_yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of sections")
     # Moving from embedded to server means setting qdrant.url: the path (the default, or
@@ -224,7 +303,42 @@ def load_config(path: Path | None = None) -> Settings:
         settings = Settings(**data)
     except ValidationError as e:
         raise ConfigError(f"config file {path}: {_describe(e)}") from None
+    except SettingsError as e:
+        raise ConfigError(f"environment: {e}") from None
     return _anchor(settings, path.resolve().parent)
+
+
+def _check_environment() -> None:
+    """A misspelt section (SYNCD_EMBEDER__PROVIDER) would otherwise be silently ignored."""
+    known = {"SYNCD_CONFIG"}
+    for name, field in Settings.model_fields.items():
+        known.add(f"SYNCD_{name.upper()}")
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            known.update(
+                f"SYNCD_{name.upper()}__{key.upper()}" for key in field.annotation.model_fields
+            )
+    for name in os.environ:
+        if name.upper().startswith("SYNCD_") and name.upper() not in known:
+            key = name.upper().removeprefix("SYNCD_").lower().replace("__", ".")
+            raise ConfigError(
+                f"environment variable {name}: unknown key {key}",
+                hint="unset it, or name a key of config.yaml as SYNCD_<SECTION>__<KEY>",
+            )
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """Where and what, without the text of the line; quoted text longer than a character
+    (an alias name, a scalar) is left out too."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or getattr(e, "reason", None) or type(e).__name__
+    problem = re.sub(r"'(?!<)[^']{3,}'|\"[^\"]{3,}\"", "'...'", str(problem))
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and start is not None and start != mark:
+        problem += f" ({context} from line {start.line + 1}, column {start.column + 1})"
+    if mark is not None:
+        return f"at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    position = getattr(e, "position", None)
+    return f"at byte {position}: {problem}" if position is not None else problem
 
 
 def _describe(e: ValidationError) -> str:
@@ -252,6 +366,7 @@ def _anchor(settings: Settings, base: Path) -> Settings:
     settings.state.path = at(settings.state.path)
     settings.qdrant.path = at(settings.qdrant.path)
     settings.embedder.api_key_file = at(settings.embedder.api_key_file)
+    settings.server.token_file = at(settings.server.token_file)
     return settings
 
 
@@ -260,16 +375,14 @@ def api_key(embedder: Embedder) -> tuple[str | None, str]:
     if embedder.api_key is not None:
         return embedder.api_key.get_secret_value(), "embedder.api_key"
     if embedder.api_key_file is not None:
-        try:
-            return (
-                embedder.api_key_file.read_text().strip(),
-                f"embedder.api_key_file ({embedder.api_key_file})",
-            )
-        except OSError as e:
-            raise ConfigError(
-                f"embedder.api_key_file: {embedder.api_key_file}: {e.strerror}"
-            ) from e
+        return (
+            read_secret_file(embedder.api_key_file, "embedder.api_key_file"),
+            f"embedder.api_key_file ({embedder.api_key_file})",
+        )
     var = {"ai21": "AI21_API_KEY", "openai": "OPENAI_API_KEY"}.get(embedder.provider)
     if var and os.environ.get(var):
+        problem = secret_problem(os.environ[var])
+        if problem:
+            raise ConfigError(f"{var} {problem}")
         return os.environ[var], var
     return None, "no key configured"

@@ -4,7 +4,7 @@ Serves AI21 Embed (`POST /embed`) and the OpenAI-compatible route (`POST /v1/emb
 It checks the key, at most 200 texts and every text under 2,000 characters (AI21), and the
 `type` values; it can throttle (429 + Retry-After past a requests-per-minute limit), fail a
 seeded fraction of requests with 429/503, refuse texts containing a marker (422), add
-latency, and logs every request so tests can assert on what was sent.
+latency, echo the request in an error (as careless APIs do), and logs every request so tests can assert on what was sent.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ class FakeEmbedAPI:
     #: Answer every request with this status while set (e.g. 503 for an outage).
     outage: int | None = None
     latency: float = 0.0
+    #: Answer every request with this status and a body quoting its headers and body.
+    echo: int | None = None
+    echo_as_text: bool = False
     reject_marker: str | None = None
     shuffle_openai: bool = False
     seed: int = 0
@@ -112,16 +115,21 @@ class FakeEmbedAPI:
                 body = json.loads(raw)
             except ValueError:
                 body = None
-            status, answer, headers = self._answer(h.path, h.headers.get("Authorization"), body)
+            if self.echo:
+                status, headers = self.echo, {}
+                answer = {"detail": f"cannot use request {dict(h.headers)} {raw.decode()}"}
+            else:
+                status, answer, headers = self._answer(h.path, h.headers.get("Authorization"), body)
             with self._lock:
                 self.log.append(
                     Request(h.path, h.headers.get("Authorization"), body, status, time.monotonic())
                 )
-            data = json.dumps(answer).encode()
+            text = self.echo and self.echo_as_text
+            data = (answer["detail"] if text else json.dumps(answer)).encode()
             h.send_response(status)
             for k, v in headers.items():
                 h.send_header(k, v)
-            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Type", "text/plain" if text else "application/json")
             h.send_header("Content-Length", str(len(data)))
             h.end_headers()
             h.wfile.write(data)

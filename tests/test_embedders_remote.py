@@ -151,11 +151,11 @@ def test_requests_per_minute_is_never_exceeded(fake_embed):
 
     run(go())
     times = sorted(r.at for r in fake_embed.log)
-    gaps = np.diff(times)
-    # Spaced by the limit (slack for timer jitter and arrival at a loaded server) and not much slower than it.
-    assert gaps.min() >= 0.085, gaps.min()
-    achieved = (len(times) - 1) / (times[-1] - times[0]) * 60
-    assert 0.9 * rpm <= achieved <= rpm * 1.02, achieved
+    # Counted in windows as the API counts, not as gaps: on a busy machine one request may
+    # reach the server late and the next on time. How close to the limit it runs is
+    # measured by `python -m bench` (rate_limit).
+    busiest = max(sum(1 for u in times if t <= u < t + 1) for t in times)
+    assert len(times) == 25 and busiest <= rpm // 60 + 1, busiest
 
 
 def test_max_concurrency_bounds_requests_in_flight(fake_embed):
@@ -310,3 +310,68 @@ def test_search_embeds_the_query_as_a_query(docs, make_config, fake_embed):
     (hit,) = asyncio.run(go())
     assert hit.payload["path"] == "a.txt"
     assert fake_embed.ok()[-1].body == {"texts": ["alpha?"], "type": "query"}
+
+
+# -- the key never leaks -------------------------------------------------------------------
+
+SECRET = "sk-leak-0123456789abcdef"
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+@pytest.mark.parametrize("status", [401, 422, 503])
+def test_an_api_echoing_the_request_never_gets_the_key_into_errors_or_logs(
+    fake_embed, capsys, caplog, status, as_text
+):
+    fake_embed.key, fake_embed.echo, fake_embed.echo_as_text = SECRET, status, as_text
+    e = AI21Embedder(
+        config(fake_embed, api_key=SECRET), retry_seconds=0.3, max_backoff_seconds=0.05
+    )
+    with structlog.testing.capture_logs() as logs, pytest.raises(Exception) as info:
+        run(embed_once(e, ["some text"]))
+    seen = [str(info.value), repr(info.value), repr(logs), caplog.text, *capsys.readouterr()]
+    assert fake_embed.log and all(r.authorization == f"Bearer {SECRET}" for r in fake_embed.log)
+    assert "[redacted]" in str(info.value)
+    assert not [channel for channel in seen if SECRET in channel]
+
+
+def test_the_key_reaches_no_output_and_no_file_whatever_goes_wrong(
+    docs, make_config, fake_embed, tmp_path
+):
+    (docs / "a.txt").write_text("Alpha.")
+    fake_embed.key = SECRET
+    embedder = {"provider": "ai21", "model": "m", "base_url": fake_embed.url}
+    outputs = []
+
+    def syncd(config, *args):
+        out = subprocess.run(
+            [sys.executable, "-m", "syncd", *args, "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        outputs.extend([out.stdout, out.stderr])
+        return out
+
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(f"{SECRET}\n{SECRET[::-1]}\n")
+    config = make_config(embedder=embedder | {"api_key_file": "key.txt"})
+    two_lines = syncd(config, "resync")
+    assert two_lines.returncode == 2 and "key.txt must hold exactly one line" in two_lines.stderr
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(f"sources: []\nembedder:\n  api_key: {SECRET}: oops\n")
+    syntax = syncd(broken, "status", "--json")
+    assert syntax.returncode == 2 and "line 3, column" in syntax.stderr
+
+    key_file.write_text(f"{SECRET}\n")
+    fake_embed.echo = 401
+    echoed = syncd(config, "resync")
+    assert echoed.returncode == 3 and "[redacted]" in echoed.stderr
+    assert syncd(config, "status", "--json").returncode == 0
+
+    assert fake_embed.log and fake_embed.log[-1].authorization == f"Bearer {SECRET}"
+    assert not [o for o in outputs if SECRET in o or SECRET[::-1] in o]
+    secret = SECRET.encode()
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p not in (key_file, broken)]
+    assert any(p.name == "state.db" for p in written)
+    assert not [p for p in written if secret in p.read_bytes()]

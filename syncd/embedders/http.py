@@ -30,6 +30,7 @@ from tenacity import (
 from syncd import metrics
 from syncd.config import Embedder as EmbedderConfig
 from syncd.config import api_key
+from syncd.credentials import redact
 from syncd.embedders import Kind
 from syncd.errors import BackendUnavailable, EmbedAuth, EmbedRejected, EmbedTransient
 
@@ -57,6 +58,8 @@ class RemoteEmbedder:
         self.dimension = 0
         self.max_batch = config.batch_size
         key, self.key_source = api_key(config)
+        # Only to strip it from what the API says back: some APIs echo the request.
+        self._key = key
         self.base_url = (config.base_url or self.default_base_url).rstrip("/")
         self._client = httpx.AsyncClient(
             timeout=config.timeout_seconds,
@@ -131,7 +134,7 @@ class RemoteEmbedder:
                 except httpx.TransportError as e:  # connection errors and timeouts
                     metrics.embed_requests.labels("error").inc()
                     self.failing_since = self.failing_since or time.monotonic()
-                    raise EmbedTransient(f"{type(e).__name__}: {e}") from None
+                    raise EmbedTransient(redact(f"{type(e).__name__}: {e}", self._key)) from None
                 finally:
                     metrics.embed_request_seconds.observe(time.monotonic() - started)
         status = response.status_code
@@ -141,7 +144,7 @@ class RemoteEmbedder:
             vectors = self._parse(response, len(texts))
             log.debug("batch_embedded", texts=len(texts), ms=ms, attempt=attempt)
             return vectors
-        message = _api_message(response)
+        message = _api_message(response, self._key)
         log.warning(
             "embed_request_failed",
             provider=self.provider,
@@ -184,17 +187,18 @@ class RemoteEmbedder:
         return vectors / np.clip(norms, 1e-12, None)
 
 
-def _api_message(response: httpx.Response) -> str:
+def _api_message(response: httpx.Response, key: str | None) -> str:
+    """What the API said was wrong, short, and without the key if it echoes the request."""
     try:
         body = response.json()
     except ValueError:
-        return response.text[:300]
+        return redact(response.text, key)[:300]
     if isinstance(body, dict):
         detail = body.get("detail") or body.get("error") or body.get("message") or body
         if isinstance(detail, dict):
             detail = detail.get("message", detail)
-        return str(detail)[:300]
-    return str(body)[:300]
+        body = detail
+    return redact(str(body), key)[:300]
 
 
 def _retry_after(response: httpx.Response) -> float | None:
