@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from bench import scenarios
+from bench.chunking import chunking
 from syncd.config import Log
 from syncd.logs import configure_logging
 
@@ -38,6 +39,7 @@ def main() -> None:
         "freshness": lambda w: scenarios.freshness(w, 3 if q else 20),
         "rate_limit": lambda w: scenarios.rate_limit(3 if q else 25, rpm=600 if q else 60),
         "redis_queue": lambda w: scenarios.redis_queue(w, 100 if q else 5_000, 3 if q else 20),
+        "chunking": lambda w: chunking(50 if q else 2_000, 40 if q else 400, not args.no_peer),
     }
     if not args.no_peer:
         plan["peer_langchain"] = lambda w: scenarios.peer_langchain(w, 50 if q else 2_000)
@@ -142,6 +144,17 @@ def table(r: dict) -> str:
             f"{q['entries']:,} entries",
         )
     )
+    for name, c in r.get("chunking", {}).get("rows", {}).items():
+        rows.append(
+            (
+                f"chunking {name}",
+                f"{c['chunks']} chunks, avg {c['avg_chars']:.0f} chars; re-embedded per edit "
+                f"p50/p95 {c['edit_p50']}/{c['edit_p95']} (60-paragraph docs "
+                f"{c['long_edit_p50']}/{c['long_edit_p95']})",
+                f"{c['count_ratio_to_langchain']:.2f}" if "count_ratio_to_langchain" in c else "",
+                "count vs LangChain",
+            )
+        )
     if "peer_langchain" in r:
         peer = r["peer_langchain"]
         for step in ("first_sync", "noop", "edit_1pct"):
@@ -169,7 +182,8 @@ def plot(r: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    chunking = r.get("chunking", {}).get("rows", {})
+    fig, (a, b, *c) = plt.subplots(1, 3 if chunking else 2, figsize=(16 if chunking else 11, 4))
     rows = r["noop_reconcile"]["rows"]
     files = [x["files"] for x in rows]
     a.loglog(files, [x["noop_seconds"] for x in rows], "o-", label="syncd no-op reconcile")
@@ -181,6 +195,13 @@ def plot(r: dict, path: Path) -> None:
     b.hist(r["freshness"]["all"], bins=10)
     b.set_xlabel("seconds from write to searchable")
     b.set_title(f"Freshness under syncd run (debounce {r['freshness']['debounce_seconds']:g} s)")
+    for ax in c:
+        for name, row in chunking.items():
+            ax.scatter(row["avg_chars"], row["long_edit_p95"], label=name)
+        ax.set_xlabel("average chunk, characters")
+        ax.set_ylabel("chunks re-embedded per edit, p95")
+        ax.set_title("Chunking: fullness vs edit locality")
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

@@ -1,27 +1,50 @@
 """Text → chunks, bounded by `max_chars`, cut where the text itself says so.
 
 Greedy packing (fill each chunk, then start the next) moves every later boundary when
-one paragraph grows, so one edit would re-embed the rest of the document. Here a chunk
-ends after a paragraph when that paragraph's own hash says so, with a probability in
-proportion to its length (content-defined chunking at paragraph granularity, as rsync
-and restic do at byte granularity), or when the next paragraph would not fit. An edit
-therefore changes the chunk it falls in and rarely more than one neighbour.
+one paragraph grows, so one edit would re-embed the rest of the document. Content-defined
+chunking (cut where a boundary's own hash says so, as rsync and restic do for bytes)
+keeps edits local, but alone it leaves chunks half full, and its cures (FastCDC's minimum
+size and normalised cut points) make each cut depend on where the chunk started, so after
+an edit the chunking rarely falls back into step when chunks must be nearly full. Here:
 
-Paragraphs longer than a chunk are split at sentence and word boundaries by
-semantic-text-splitter. Overlap repeats the end of the previous chunk at the start of
-the next, cut at a word boundary.
+- The cut points are the text's own boundaries, ranked: paragraph break, line break,
+  sentence end, space (a hard cut only inside a run with none), then by a hash of the
+  text right after the boundary.
+- Anchors: a boundary that outranks every other boundary within `anchor_radius` chunk
+  lengths on either side. Whether a boundary is an anchor depends on that stretch of text
+  alone, never on where a chunk started, so an edit moves only the anchors near it.
+  Anchors (and Markdown headings) split the text into segments.
+- Each segment gets the fewest chunks that hold it, and each cut is the best-ranked
+  boundary among those that still let the rest of the segment fit. The slack this leaves
+  lets most cuts stay put when an edit grows or shrinks the text around them.
+
+So chunks are nearly as full as greedy packing makes them, an edit re-chunks the segment
+it falls in (a few chunks) and leaves the others alone. Every chunk's text, overlap
+included, is at most `max_chars` characters. Overlap repeats the end of the previous
+chunk's last paragraph and never crosses a page break: a chunk's `page` is the page its
+text starts on. One pass over the text, plus a sliding-window maximum: linear time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
+import zlib
+from bisect import bisect_left, bisect_right
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from semantic_text_splitter import TextSplitter
-
-_BLANK_LINES = re.compile(r"\n[ \t]*\n")
+_SEPARATOR = "\n\n"
+# CJK full stop, exclamation, question mark, semicolon: boundaries with no space after.
+_CJK_STOPS = "\u3002\uff01\uff1f\uff1b"
+_BOUNDARY = re.compile(rf"\s+|(?<=[{_CJK_STOPS}])(?=\S)")
+_SENTENCE_END = frozenset(".!?\u2026\"')]\u201d\u2019" + _CJK_STOPS)
 _HEADING = re.compile(r"#{1,6}\s")
+_HEADINGS_ONLY = re.compile(r"(?:#{1,6}[ \t][^\n]*\s*)+")
+#: Ranks: a boundary's strength plus its hash in [0, 1), so strength always wins.
+_AFTER_HEADING, _WORD, _SENTENCE, _LINE, _PARAGRAPH = range(-1, 4)
 
 
 @dataclass(frozen=True)
@@ -32,81 +55,157 @@ class Chunk:
     page: int | None = None
 
 
+@dataclass(frozen=True)
+class Cutting:
+    """How far apart anchors are, in `max_chars`: farther is fuller, nearer more local."""
+
+    anchor_radius: float = 0.8
+
+
+DEFAULT_CUTTING = Cutting()
+
+
 def chunk_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def chunk_text(
-    text: str, max_chars: int, overlap_chars: int, markdown: bool = False, paged: bool = False
+    text: str,
+    max_chars: int,
+    overlap_chars: int,
+    markdown: bool = False,
+    paged: bool = False,
+    cutting: Cutting = DEFAULT_CUTTING,
 ) -> list[Chunk]:
     """`paged`: pages are separated by form feeds; each chunk records its first page."""
-    budget = max_chars - overlap_chars
-    bodies = _pack(_paragraphs(text, budget, paged), budget, markdown)
-    chunks = []
-    for i, (body, page) in enumerate(bodies):
-        if i and overlap_chars:
-            tail = _tail(bodies[i - 1][0], overlap_chars)
-            if tail:
-                body = f"{tail}\n\n{body}"
-        chunks.append(Chunk(body, chunk_hash(body), page))
-    return chunks
-
-
-def _paragraphs(text: str, budget: int, paged: bool) -> list[tuple[str, int | None]]:
-    splitter = None
-    out: list[tuple[str, int | None]] = []
+    text = text.replace("\r\n", "\n")
+    # The chunk's own text needs room, however long the overlap in front of it.
+    overlap = min(overlap_chars, max(0, max_chars // 2 - len(_SEPARATOR)))
+    radius = max(1, round(cutting.anchor_radius * max_chars))
+    chunks: list[Chunk] = []
     pages = text.split("\f") if paged else [text]
     for number, page in enumerate(pages, start=1):
-        where = number if paged else None
-        for block in _BLANK_LINES.split(page.replace("\r\n", "\n")):
-            block = block.strip()
-            if not block:
-                continue
-            if len(block) <= budget:
-                out.append((block, where))
-                continue
-            splitter = splitter or TextSplitter(budget)
-            out.extend((piece, where) for piece in splitter.chunks(block))
-    return out
-
-
-def _pack(
-    paragraphs: list[tuple[str, int | None]], budget: int, markdown: bool
-) -> list[tuple[str, int | None]]:
-    """Paragraphs → (chunk body, page of its first paragraph)."""
-    target = budget / 2
-    chunks: list[tuple[str, int | None]] = []
-    current: list[str] = []
-    first_page: int | None = None
-    size = 0
-    for p, page in paragraphs:
-        starts_section = markdown and _HEADING.match(p) is not None
-        # A heading starts a chunk, unless the chunk so far is only headings above it.
-        new_section = starts_section and not all(_HEADING.match(c) for c in current)
-        # A new page starts a chunk too, so every chunk lies on the page it names.
-        if current and (size + 2 + len(p) > budget or new_section or page != first_page):
-            chunks.append(("\n\n".join(current), first_page))
-            current, size = [], 0
-        if not current:
-            first_page = page
-        current.append(p)
-        size += len(p) + (2 if size else 0)
-        if not starts_section and _ends_chunk(p, target):
-            chunks.append(("\n\n".join(current), first_page))
-            current, size = [], 0
-    if current:
-        chunks.append(("\n\n".join(current), first_page))
+        for body in _Page(page, markdown, radius).chunks(max_chars, overlap):
+            chunks.append(Chunk(body, chunk_hash(body), number if paged else None))
     return chunks
 
 
-def _ends_chunk(paragraph: str, target: float) -> bool:
-    digest = hashlib.blake2b(paragraph.encode("utf-8"), digest_size=4).digest()
-    return int.from_bytes(digest) / 2**32 < len(paragraph) / target
+class _Page:
+    """One page's boundaries: `ends[i]` where the text before boundary i ends, `afters[i]`
+    where the text after it starts, `ranks[i]` how good a cut it is."""
+
+    def __init__(self, text: str, markdown: bool, radius: int) -> None:
+        self.text = text
+        self.ends: list[int] = []
+        self.afters: list[int] = []
+        self.ranks: list[float] = []
+        headings: list[int] = []
+        for m in _BOUNDARY.finditer(text):
+            end, after = m.span()
+            if end == 0 or after == len(text):
+                continue
+            breaks = m.group().count("\n")
+            if markdown and breaks and _HEADING.match(text, after):
+                headings.append(len(self.ends))
+            if markdown and breaks and _HEADING.match(text, text.rfind("\n", 0, end) + 1):
+                strength = _AFTER_HEADING  # a heading stays with the text under it
+            elif breaks:
+                strength = _PARAGRAPH if breaks >= 2 else _LINE
+            else:
+                strength = _SENTENCE if text[end - 1] in _SENTENCE_END else _WORD
+            # The text right after a boundary decides its hash: text appended to a
+            # paragraph leaves the paragraph break's rank alone.
+            digest = zlib.crc32(text[after : after + 16].encode("utf-8", "surrogatepass"))
+            self.ends.append(end)
+            self.afters.append(after)
+            self.ranks.append(strength + digest / 2**32)
+        self.segment_ends = sorted({*self._anchors(radius), *headings})
+
+    def _anchors(self, radius: int) -> list[int]:
+        """Boundaries that outrank all others within `radius` characters (a sliding max)."""
+        ends, ranks = self.ends, self.ranks
+        window: deque[int] = deque()
+        out, right = [], 0
+        for i, end in enumerate(ends):
+            while right < len(ends) and ends[right] <= end + radius:
+                while window and ranks[window[-1]] <= ranks[right]:
+                    window.pop()
+                window.append(right)
+                right += 1
+            while ends[window[0]] < end - radius:
+                window.popleft()
+            # The page's ends outrank everything: no anchor leaves a stub at either end.
+            if window[0] == i and radius < end < len(self.text) - radius:
+                out.append(i)
+        return out
+
+    def chunks(self, max_chars: int, overlap: int) -> Iterator[str]:
+        text = self.text
+        # Later chunks of a segment are planned with the longest overlap they may carry.
+        room_after = max_chars - (overlap + len(_SEPARATOR) if overlap else 0)
+        start, tail = _skip_space(text, 0), ""
+        for i in [*self.segment_ends, None]:
+            stop = len(text) if i is None else self.ends[i]
+            if i is not None and _HEADINGS_ONLY.fullmatch(text, start, stop):
+                continue  # a heading that follows only headings joins them
+            while start < stop:
+                room = max_chars - (len(tail) + len(_SEPARATOR) if tail else 0)
+                if stop - start <= room:
+                    end, after = stop, len(text) if i is None else self.afters[i]
+                else:
+                    end, after = self._cut(start, stop, room, room_after)
+                body = text[start:end].rstrip()
+                if body:
+                    yield f"{tail}{_SEPARATOR}{body}" if tail else body
+                    tail = _tail(body, overlap)
+                start = _skip_space(text, after)
+
+    def _cut(self, start: int, stop: int, room: int, room_after: int) -> tuple[int, int]:
+        """Where the chunk from `start` ends, in a segment that ends at `stop`."""
+        # The fewest chunks that hold the rest of the segment after this one.
+        later = -(-(stop - start - room) // room_after)
+        lowest = max(start + 1, stop - later * room_after)
+        ends, ranks = self.ends, self.ranks
+        first, last = bisect_left(ends, lowest), bisect_right(ends, start + room)
+        if first < last:
+            best = max(range(first, last), key=ranks.__getitem__)
+            return ends[best], self.afters[best]
+        last -= 1
+        if last >= 0 and ends[last] > start:
+            return ends[last], self.afters[last]
+        end = _hard_cut(self.text, start, start + room)
+        return end, end
 
 
-def _tail(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    tail = text[-limit:]
-    space = tail.find(" ")
-    return tail[space + 1 :] if space >= 0 else ""
+def _hard_cut(text: str, start: int, limit: int) -> int:
+    """A cut inside a run without boundaries, not between a letter and its combining marks."""
+    end = limit
+    while end > start + 1 and unicodedata.combining(text[end]):
+        end -= 1
+    return end
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i].isspace():
+        i += 1
+    return i
+
+
+def _tail(body: str, limit: int) -> str:
+    """The end of `body`'s last paragraph, at most `limit` characters, from a word start."""
+    if limit <= 0:
+        return ""
+    tail = body[-limit:]
+    paragraph = tail.rfind(_SEPARATOR)
+    if paragraph >= 0:
+        return tail[paragraph + len(_SEPARATOR) :].strip()
+    if len(body) <= limit:
+        return tail.strip()
+    space = next((i for i, ch in enumerate(tail) if ch.isspace()), -1)
+    if space >= 0:
+        return tail[space:].strip()
+    # No space at all (CJK, identifiers): a plain character cut, never inside a cluster.
+    i = 0
+    while i < len(tail) - 1 and unicodedata.combining(tail[i]):
+        i += 1
+    return tail[i:]
