@@ -7,7 +7,7 @@ import pytest
 
 from syncd.config import Qdrant
 from syncd.errors import StoreMismatch
-from syncd.store import Identity, PointData, open_store, point_id
+from syncd.store import Identity, PointData, SearchQuery, open_store, point_id
 
 IDENTITY = Identity("local:test", 4)
 
@@ -59,10 +59,10 @@ def test_search_ranks_by_cosine_and_filters_by_source(config):
         + doc_points("s", "y.md", 1, vec(1, 1, 0, 0))
         + doc_points("t", "z.md", 1, vec(1, 0, 0, 0))
     )
-    hits = store.search(vec(1, 0.1, 0, 0), 10, "s")
+    hits = store.search(SearchQuery("", vec(1, 0.1, 0, 0), "dense", 10, "s"))
     assert [h.payload["path"] for h in hits] == ["x.md", "y.md"]
     assert hits[0].score == pytest.approx(float(vec(1, 0.1, 0, 0) @ vec(1, 0, 0, 0)), abs=1e-5)
-    assert len(store.search(vec(1, 0, 0, 0), 10, None)) == 3
+    assert len(store.search(SearchQuery("", vec(1, 0, 0, 0), "dense", 10))) == 3
     store.close()
 
 
