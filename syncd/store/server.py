@@ -232,8 +232,7 @@ class ServerStore:
                 return []
             where = _filter(query, paths)
         nearest = [
-            (using, _sparse(vector) if using == BM25 else vector)
-            for using, vector in legs(query)
+            (using, _sparse(vector) if using == BM25 else vector) for using, vector in legs(query)
         ]
         if not nearest:
             return []
