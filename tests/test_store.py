@@ -7,7 +7,7 @@ import pytest
 
 from syncd.config import Qdrant
 from syncd.errors import StoreMismatch
-from syncd.store import Identity, PointData, open_store, point_id
+from syncd.store import Identity, PointData, SearchQuery, open_store, point_id
 
 IDENTITY = Identity("local:test", 4)
 
@@ -59,10 +59,10 @@ def test_search_ranks_by_cosine_and_filters_by_source(config):
         + doc_points("s", "y.md", 1, vec(1, 1, 0, 0))
         + doc_points("t", "z.md", 1, vec(1, 0, 0, 0))
     )
-    hits = store.search(vec(1, 0.1, 0, 0), 10, "s")
+    hits = store.search(SearchQuery("", vec(1, 0.1, 0, 0), "dense", 10, "s"))
     assert [h.payload["path"] for h in hits] == ["x.md", "y.md"]
     assert hits[0].score == pytest.approx(float(vec(1, 0.1, 0, 0) @ vec(1, 0, 0, 0)), abs=1e-5)
-    assert len(store.search(vec(1, 0, 0, 0), 10, None)) == 3
+    assert len(store.search(SearchQuery("", vec(1, 0, 0, 0), "dense", 10))) == 3
     store.close()
 
 
@@ -96,3 +96,115 @@ def test_server_collection_built_by_another_embedder_is_refused():
 
 def test_missing_collection_is_not_created_when_asked_not_to(config):
     assert open_store(config, IDENTITY, create=False) is None
+
+
+def _old_edge_shard(path, points: list[PointData]) -> None:
+    """The layout syncd wrote before hybrid search: one unnamed dense vector."""
+    import qdrant_edge as qe
+
+    shard = qe.EdgeShard.create(
+        str(path), qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=4, distance=qe.Distance.Cosine))
+    )
+    for field in ("source", "path"):
+        shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+    shard.update(
+        qe.UpdateOperation.upsert_points(
+            [qe.Point(p.id, p.vector.tolist(), p.payload) for p in points]
+        )
+    )
+    shard.flush()
+    shard.close()
+    (path / "syncd.json").write_text(json.dumps({"model": IDENTITY.model, "dimension": 4}))
+
+
+def _old_points() -> list[PointData]:
+    return [
+        PointData(
+            point_id("s", f"{name}.md", 0),
+            direction,
+            {"source": "s", "path": f"{name}.md", "chunk_index": 0, "text": text},
+        )
+        for name, direction, text in [
+            ("pump", vec(1, 0, 0, 0), "Pump XK-4471 moves the coolant"),
+            ("fan", vec(0, 1, 0, 0), "The fan cools the cabinet"),
+            ("valve", vec(0, 0, 1, 0), "The valve opens under pressure"),
+        ]
+    ]
+
+
+def test_old_edge_shard_is_upgraded_on_open_without_embedding(tmp_path):
+    from structlog.testing import capture_logs
+
+    path = tmp_path / "q" / "c"
+    path.parent.mkdir()
+    _old_edge_shard(path, _old_points())
+    # No embedder exists here: the upgrade can only copy vectors and read payload texts.
+    with capture_logs() as logs:
+        store = open_store(Qdrant(path=tmp_path / "q", collection="c"), IDENTITY)
+    assert [e["event"] for e in logs] == ["store_upgrade_started", "store_upgrade_finished"]
+    assert json.loads((path / "edge_config.json").read_text())["sparse_vectors"] == {
+        "bm25": {"modifier": "idf"}
+    }
+    assert sorted(p.name for p in path.parent.iterdir()) == ["c"]
+    assert store.chunk_counts("s") == {"pump.md": 1, "fan.md": 1, "valve.md": 1}
+    keyword = store.search(SearchQuery("XK-4471", None, "keyword", 5))
+    assert [h.payload["path"] for h in keyword] == ["pump.md"]
+    dense = store.search(SearchQuery("", vec(0, 1, 0, 0), "dense", 1))
+    assert dense[0].payload["path"] == "fan.md"
+    assert dense[0].score == pytest.approx(1.0, abs=1e-5)
+    store.close()
+    with capture_logs() as logs:
+        open_store(Qdrant(path=tmp_path / "q", collection="c"), IDENTITY).close()
+    assert logs == []
+
+
+def test_edge_upgrade_interrupted_by_a_crash_is_finished_on_next_open(tmp_path):
+    root = tmp_path / "q"
+    root.mkdir()
+    # The crash fell between the two renames: the complete new shard waits at .upgrade.
+    open_store(Qdrant(path=tmp_path / "new", collection="c"), IDENTITY).close()
+    (tmp_path / "new" / "c").rename(root / "c.upgrade")
+    _old_edge_shard(root / "c.old", _old_points())
+    store = open_store(Qdrant(path=root, collection="c"), IDENTITY)
+    assert sorted(p.name for p in root.iterdir()) == ["c"]
+    assert store.count("s") == 0
+    store.close()
+    # A staging shard beside a shard still of the old layout is incomplete: built again.
+    _old_edge_shard(root / "d", _old_points())
+    (root / "d.upgrade").mkdir()
+    store = open_store(Qdrant(path=root, collection="d"), IDENTITY)
+    assert store.count("s") == 3
+    store.close()
+
+
+def test_old_server_collection_is_upgraded_behind_an_alias():
+    from qdrant_client import QdrantClient
+    from qdrant_client import models as m
+
+    from syncd.store.server import ServerStore
+
+    client = QdrantClient(location=":memory:")
+    client.create_collection(
+        "c",
+        vectors_config=m.VectorParams(size=4, distance=m.Distance.COSINE),
+        metadata={"syncd_model": IDENTITY.model},
+    )
+    client.upsert(
+        "c",
+        [
+            m.PointStruct(id=p.id, vector=p.vector.tolist(), payload=p.payload)
+            for p in _old_points()
+        ],
+    )
+    store = ServerStore(client, "c")
+    assert store.ensure(IDENTITY, rebuild=False)
+    assert [a.collection_name for a in client.get_aliases().aliases] == ["c-bm25"]
+    keyword = store.search(SearchQuery("XK-4471", None, "keyword", 5))
+    assert [h.payload["path"] for h in keyword] == ["pump.md"]
+    assert store.search(SearchQuery("", vec(0, 0, 1, 0), "dense", 1))[0].payload["path"] == (
+        "valve.md"
+    )
+    # The alias is the collection now: a rebuild for another embedder drops what it names.
+    store.ensure(Identity("local:test", 8), rebuild=True)
+    assert client.get_aliases().aliases == []
+    assert store.chunk_counts("s") == {}

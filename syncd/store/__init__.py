@@ -1,23 +1,47 @@
 """Qdrant behind one small interface: embedded (Qdrant Edge) or a server (qdrant-client).
 
 Both hold the same points: one per chunk, a deterministic id, the payload of CONTRACT.md,
-cosine distance, and a record of the embedder that made the vectors.
+and two named vectors: `dense` (the embedder's, cosine) and `bm25` (sparse, IDF modifier).
+The BM25 vector is Qdrant's own (`qdrant_edge.Bm25`, whose token ids are those of the
+server's `qdrant/bm25` model), computed here from the chunk text for both backends, so a
+store moved between them searches the same and BM25 never costs an embedding request.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import numpy as np
+import qdrant_edge as qe
+from wcmatch import glob
 
 from syncd.config import Qdrant as QdrantConfig
-from syncd.errors import StoreMismatch
+from syncd.errors import ConfigError, StoreMismatch
 
 # Fixed forever: changing it would change every point id.
 _NAMESPACE = uuid.UUID("6f1c1d64-5c1e-4b44-9a59-3a5f0e0c7d21")
-INDEXED_FIELDS = ("source", "path")
+KEYWORD_FIELDS = ("source", "path")
+# An integer index serves `trim` (chunk_index >= keep) and `document` (chunk order).
+INTEGER_FIELDS = ("chunk_index",)
+DENSE = "dense"
+BM25 = "bm25"
+# Qdrant's default; on the bench's Python FAQ set k=60 (Cormack et al.) fell below dense.
+RRF_K = 2
+# Each prefetch hands RRF this many candidates per wanted hit (at least _MIN_CANDIDATES).
+_CANDIDATES_PER_HIT = 4
+_MIN_CANDIDATES = 50
+# Points copied per request when a collection is upgraded to the two-vector layout.
+UPGRADE_BATCH = 1000
+# `metadata.KEY`: plain keys only, so a key cannot reach outside `metadata`.
+_METADATA_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+# No slash: match the file name at any depth, as .gitignore and rsync do.
+_GLOB_FLAGS = glob.GLOBSTAR | glob.MATCHBASE
+
+_bm25 = qe.Bm25()
 
 
 def point_id(source: str, path: str, chunk_index: int) -> str:
@@ -35,6 +59,74 @@ class PointData:
 class Hit:
     score: float
     payload: dict[str, Any]
+
+
+Mode = Literal["hybrid", "dense", "keyword"]
+MODES: tuple[Mode, ...] = ("hybrid", "dense", "keyword")
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """`dense` is the query's embedding (None only for mode keyword); `text` feeds BM25.
+
+    `path_glob` matches the document path (wcmatch, `**` spans directories, a pattern
+    without `/` matches the file name at any depth); `where` is `metadata.KEY == VALUE`.
+    """
+
+    text: str
+    dense: np.ndarray | None = None
+    mode: Mode = "hybrid"
+    limit: int = 10
+    source: str | None = None
+    path_glob: str | None = None
+    where: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"search mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        if self.mode != "keyword" and self.dense is None:
+            raise ConfigError(f"search mode {self.mode}: the query's embedding is missing")
+        if self.limit < 1:
+            raise ConfigError(f"search limit {self.limit}: expected at least 1")
+        for key in self.where:
+            if not _METADATA_KEY.match(key):
+                raise ConfigError(f"--where {key}=...: keys are letters, digits, _ and -")
+
+    @property
+    def candidates(self) -> int:
+        """How many hits each prefetch hands to the fusion."""
+        return max(self.limit * _CANDIDATES_PER_HIT, _MIN_CANDIDATES)
+
+
+def bm25_document(text: str) -> qe.SparseVector:
+    return _bm25.embed_document(text)
+
+
+def legs(query: SearchQuery) -> list[tuple[str, list[float] | qe.SparseVector]]:
+    """(vector name, query vector) per list to fuse; a text of stopwords only has no BM25 leg."""
+    out: list[tuple[str, list[float] | qe.SparseVector]] = []
+    if query.mode != "keyword" and query.dense is not None:
+        out.append((DENSE, query.dense.tolist()))
+    if query.mode != "dense":
+        sparse = _bm25.embed_query(query.text)
+        if sparse.indices:
+            out.append((BM25, sparse))
+    return out
+
+
+def match_glob(paths: Iterable[str], pattern: str) -> list[str]:
+    """The paths a `--path` glob selects; Qdrant has no glob match, so it gets this list."""
+    return [p for p in paths if glob.globmatch(p, pattern, flags=_GLOB_FLAGS)]
+
+
+def where_values(value: str) -> list[str | int | bool]:
+    """What `KEY=VALUE` may equal in JSON: front matter `version: 3` is an int, not "3"."""
+    values: list[str | int | bool] = [value]
+    if re.fullmatch(r"-?[0-9]+", value):
+        values.append(int(value))
+    if value.lower() in ("true", "false"):
+        values.append(value.lower() == "true")
+    return values
 
 
 @dataclass(frozen=True)
@@ -64,7 +156,13 @@ class Store(Protocol):
         """Points per path of one source, as the store holds them."""
         ...
 
-    def search(self, vector: np.ndarray, limit: int, source: str | None) -> list[Hit]: ...
+    def search(self, query: SearchQuery) -> list[Hit]:
+        """The best chunks, best first; hybrid fuses dense and BM25 with RRF."""
+        ...
+
+    def document(self, source: str, path: str) -> list[dict[str, Any]]:
+        """The payloads of one document's points in chunk order."""
+        ...
 
     def close(self) -> None: ...
 

@@ -2,6 +2,12 @@
 
 The embedder identity is kept beside Edge's own files in `syncd.json`, so another tool
 can still open the shard with `qdrant_edge.EdgeShard.load`.
+
+A shard of the old layout (one unnamed dense vector) is upgraded on open: a new shard is
+built beside it at `{collection}.upgrade` from the old one's vectors and payload texts,
+then swapped in by two renames. A crash at any step leaves what the next open finishes:
+a staging shard with the old one still in place is incomplete and built again; once the
+old one has moved to `{collection}.old`, the staging shard is complete and moves in.
 """
 
 from __future__ import annotations
@@ -9,15 +15,38 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import qdrant_edge as qe
+import structlog
 
 from syncd.errors import StoreError, StoreLocked
-from syncd.store import INDEXED_FIELDS, Hit, Identity, PointData, mismatch
+from syncd.store import (
+    BM25,
+    DENSE,
+    INTEGER_FIELDS,
+    KEYWORD_FIELDS,
+    RRF_K,
+    UPGRADE_BATCH,
+    Hit,
+    Identity,
+    PointData,
+    SearchQuery,
+    bm25_document,
+    legs,
+    match_glob,
+    mismatch,
+    where_values,
+)
+
+log = structlog.get_logger(__name__)
 
 IDENTITY_FILE = "syncd.json"
 _FACET_LIMIT = 2**31 - 1
+_SCHEMAS = {
+    **dict.fromkeys(KEYWORD_FIELDS, qe.PayloadSchemaType.Keyword),
+    **dict.fromkeys(INTEGER_FIELDS, qe.PayloadSchemaType.Integer),
+}
 
 
 def _source_is(source: str) -> qe.FieldCondition:
@@ -30,34 +59,30 @@ class EdgeStore:
 
     @classmethod
     def open(cls, path: Path, identity: Identity, rebuild: bool, create: bool) -> EdgeStore | None:
-        marker = path / IDENTITY_FILE
+        _finish_swap(path)
         if (path / "edge_config.json").exists():
             found = _read_identity(path)
             if found != identity:
                 if not rebuild:
                     raise mismatch(found, identity, f"the embedded collection {path}")
                 shutil.rmtree(path)
+            elif _is_old_layout(path):
+                _upgrade(path, identity)
         if not (path / "edge_config.json").exists():
             if not create:
                 return None
-            config = qe.EdgeConfig(
-                vectors=qe.EdgeVectorParams(size=identity.dimension, distance=qe.Distance.Cosine)
-            )
-            shard = _call(qe.EdgeShard.create, str(path), config)
-            for field in INDEXED_FIELDS:
-                _call(
-                    shard.update,
-                    qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword),
-                )
-            _call(shard.flush)
-            marker.write_text(
-                json.dumps({"model": identity.model, "dimension": identity.dimension})
-            )
-            return cls(shard)
+            return cls(_create(path, identity))
         return cls(_call(qe.EdgeShard.load, str(path)))
 
     def upsert(self, points: list[PointData]) -> None:
-        ops = [qe.Point(p.id, p.vector.tolist(), p.payload) for p in points]
+        ops = [
+            qe.Point(
+                p.id,
+                {DENSE: p.vector.tolist(), BM25: bm25_document(p.payload.get("text", ""))},
+                p.payload,
+            )
+            for p in points
+        ]
         _call(self._shard.update, qe.UpdateOperation.upsert_points(ops))
 
     def delete_documents(self, source: str, paths: list[str]) -> None:
@@ -81,29 +106,147 @@ class EdgeStore:
         request = qe.CountRequest(exact=True, filter=qe.Filter(must=[_source_is(source)]))
         return _call(self._shard.count, request)
 
-    def chunk_counts(self, source: str) -> dict[str, int]:
-        request = qe.FacetRequest(
-            key="path", limit=_FACET_LIMIT, exact=True, filter=qe.Filter(must=[_source_is(source)])
-        )
+    def _paths(self, where: qe.Filter | None) -> dict[str, int]:
+        request = qe.FacetRequest(key="path", limit=_FACET_LIMIT, exact=True, filter=where)
         return {str(h.value): h.count for h in _call(self._shard.facet, request).hits}
 
-    def search(self, vector: np.ndarray, limit: int, source: str | None) -> list[Hit]:
-        request = qe.QueryRequest(
-            limit=limit,
-            query=qe.Query.Nearest(vector.tolist()),
-            with_payload=True,
-            filter=qe.Filter(must=[_source_is(source)]) if source else None,
-        )
+    def chunk_counts(self, source: str) -> dict[str, int]:
+        return self._paths(qe.Filter(must=[_source_is(source)]))
+
+    def search(self, query: SearchQuery) -> list[Hit]:
+        where = _filter(query)
+        if query.path_glob:
+            paths = match_glob(self._paths(where), query.path_glob)
+            if not paths:
+                return []
+            where = _filter(query, paths)
+        nearest = [qe.Query.Nearest(vector, using=using) for using, vector in legs(query)]
+        if not nearest:
+            return []
+        if len(nearest) == 1:
+            request = qe.QueryRequest(
+                limit=query.limit, query=nearest[0], filter=where, with_payload=True
+            )
+        else:
+            request = qe.QueryRequest(
+                limit=query.limit,
+                prefetches=[qe.Prefetch(query.candidates, q, filter=where) for q in nearest],
+                query=qe.Fusion.Rrf(k=RRF_K),
+                filter=where,
+                with_payload=True,
+            )
         return [Hit(p.score, p.payload or {}) for p in _call(self._shard.query, request)]
+
+    def document(self, source: str, path: str) -> list[dict[str, Any]]:
+        where = qe.Filter(
+            must=[_source_is(source), qe.FieldCondition("path", match=qe.MatchValue(path))]
+        )
+        payloads = [r.payload or {} for r in _scroll(self._shard, where, with_vector=False)]
+        return sorted(payloads, key=lambda p: p.get("chunk_index", 0))
 
     def close(self) -> None:
         _call(self._shard.flush)
         self._shard.close()
 
 
+def _filter(query: SearchQuery, paths: list[str] | None = None) -> qe.Filter | None:
+    must: list[Any] = []
+    if query.source:
+        must.append(_source_is(query.source))
+    if paths is not None:
+        must.append(qe.FieldCondition("path", match=qe.MatchAny(paths)))
+    for key, value in query.where.items():
+        alternatives = [
+            qe.FieldCondition(f"metadata.{key}", match=qe.MatchValue(v))
+            for v in where_values(value)
+        ]
+        must.append(qe.Filter(should=alternatives))
+    return qe.Filter(must=must) if must else None
+
+
+def _scroll(shard: qe.EdgeShard, where: qe.Filter | None, with_vector: bool):
+    offset = None
+    while True:
+        request = qe.ScrollRequest(
+            offset=offset,
+            limit=UPGRADE_BATCH,
+            filter=where,
+            with_payload=True,
+            with_vector=with_vector,
+        )
+        records, offset = _call(shard.scroll, request)
+        yield from records
+        if offset is None:
+            return
+
+
+def _create(path: Path, identity: Identity) -> qe.EdgeShard:
+    config = qe.EdgeConfig(
+        vectors={DENSE: qe.EdgeVectorParams(size=identity.dimension, distance=qe.Distance.Cosine)},
+        sparse_vectors={BM25: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+    )
+    shard = _call(qe.EdgeShard.create, str(path), config)
+    for field, schema in _SCHEMAS.items():
+        _call(shard.update, qe.UpdateOperation.create_field_index(field, schema))
+    _call(shard.flush)
+    (path / IDENTITY_FILE).write_text(
+        json.dumps({"model": identity.model, "dimension": identity.dimension})
+    )
+    return shard
+
+
+def _staging(path: Path) -> Path:
+    return path.with_name(path.name + ".upgrade")
+
+
+def _retired(path: Path) -> Path:
+    return path.with_name(path.name + ".old")
+
+
+def _upgrade(path: Path, identity: Identity) -> None:
+    """Copy every point into the two-vector layout, BM25 from its text; nothing embedded."""
+    staging = _staging(path)
+    shutil.rmtree(staging, ignore_errors=True)
+    old = _call(qe.EdgeShard.load, str(path))
+    total = _call(old.count, qe.CountRequest(exact=True))
+    log.info("store_upgrade_started", path=str(path), points=total, adds=BM25)
+    new = _create(staging, identity)
+    batch: list[qe.Point] = []
+    for record in _scroll(old, None, with_vector=True):
+        payload = record.payload or {}
+        vectors = {DENSE: record.vector, BM25: bm25_document(payload.get("text", ""))}
+        batch.append(qe.Point(record.id, vectors, payload))
+        if len(batch) == UPGRADE_BATCH:
+            _call(new.update, qe.UpdateOperation.upsert_points(batch))
+            batch = []
+    if batch:
+        _call(new.update, qe.UpdateOperation.upsert_points(batch))
+    _call(new.flush)
+    new.close()
+    old.close()
+    path.rename(_retired(path))
+    _finish_swap(path)
+    log.info("store_upgrade_finished", path=str(path), points=total)
+
+
+def _finish_swap(path: Path) -> None:
+    """Complete an upgrade a crash interrupted between or after the two renames."""
+    retired, staging = _retired(path), _staging(path)
+    if not retired.exists():
+        return
+    if not path.exists():
+        (staging if staging.exists() else retired).rename(path)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _is_old_layout(path: Path) -> bool:
+    return DENSE not in json.loads((path / "edge_config.json").read_text()).get("vectors", {})
+
+
 def _read_identity(path: Path) -> Identity:
-    config = json.loads((path / "edge_config.json").read_text())
-    dimension = config["vectors"][""]["size"] if "" in config.get("vectors", {}) else -1
+    vectors = json.loads((path / "edge_config.json").read_text()).get("vectors", {})
+    params = vectors.get(DENSE) or vectors.get("")
+    dimension = params["size"] if params else -1
     try:
         recorded = json.loads((path / IDENTITY_FILE).read_text())
     except (OSError, ValueError):

@@ -1,20 +1,55 @@
 """A Qdrant server or cluster through qdrant-client (`qdrant.url`, `qdrant.api_key`).
 
 The embedder identity is kept in the collection's metadata.
+
+A collection of the old layout (one unnamed dense vector) is upgraded on connect: its
+points are copied into `{collection}-bm25` with BM25 computed from their texts, then the
+old collection is dropped and `{collection}` becomes an alias of the new one. Should a
+crash fall between the drop and the alias, the next connect finds the new collection
+without its name and adds the alias.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
+
+import qdrant_edge as qe
+import structlog
 from qdrant_client import QdrantClient
 from qdrant_client import models as m
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from syncd.config import Qdrant as QdrantConfig
 from syncd.errors import BackendUnavailable, StoreError, SyncdError
-from syncd.store import INDEXED_FIELDS, Hit, Identity, PointData, mismatch
+from syncd.store import (
+    BM25,
+    DENSE,
+    INTEGER_FIELDS,
+    KEYWORD_FIELDS,
+    RRF_K,
+    UPGRADE_BATCH,
+    Hit,
+    Identity,
+    PointData,
+    SearchQuery,
+    bm25_document,
+    legs,
+    match_glob,
+    mismatch,
+    where_values,
+)
+
+log = structlog.get_logger(__name__)
 
 _FACET_LIMIT = 2**31 - 1
+_SCHEMAS = {
+    **dict.fromkeys(KEYWORD_FIELDS, m.PayloadSchemaType.KEYWORD),
+    **dict.fromkeys(INTEGER_FIELDS, m.PayloadSchemaType.INTEGER),
+}
+
+
+def _sparse(vector: qe.SparseVector) -> m.SparseVector:
+    return m.SparseVector(indices=vector.indices, values=vector.values)
 
 
 def _source_is(source: str) -> m.FieldCondition:
@@ -42,33 +77,111 @@ class ServerStore:
     def ensure(self, identity: Identity, rebuild: bool, create: bool = True) -> bool:
         """Check or create the collection; false when it is missing and not to be created."""
         with _translated():
+            staging = f"{self._collection}-bm25"
+            if not self._client.collection_exists(self._collection) and (
+                self._client.collection_exists(staging)
+            ):
+                self._alias(staging)
             if self._client.collection_exists(self._collection):
                 info = self._client.get_collection(self._collection).config
                 meta = info.metadata or {}
                 params = info.params.vectors
-                size = params.size if isinstance(params, m.VectorParams) else -1
-                found = Identity(meta.get("syncd_model", "an unknown embedder"), size)
+                old_layout = isinstance(params, m.VectorParams)
+                dense = params if old_layout else (params or {}).get(DENSE)
+                found = Identity(
+                    meta.get("syncd_model", "an unknown embedder"), dense.size if dense else -1
+                )
                 if found == identity:
+                    if old_layout:
+                        self._upgrade(staging, identity)
                     return True
                 if not rebuild:
                     raise mismatch(found, identity, f"the Qdrant collection {self._collection!r}")
-                self._client.delete_collection(self._collection)
+                self._drop()
             elif not create:
                 return False
-            self._client.create_collection(
-                self._collection,
-                vectors_config=m.VectorParams(size=identity.dimension, distance=m.Distance.COSINE),
-                metadata={"syncd_model": identity.model},
-            )
-            for field in INDEXED_FIELDS:
-                self._client.create_payload_index(
-                    self._collection, field, m.PayloadSchemaType.KEYWORD
-                )
+            self._create(self._collection, identity)
         return True
+
+    def _create(self, name: str, identity: Identity) -> None:
+        self._client.create_collection(
+            name,
+            vectors_config={
+                DENSE: m.VectorParams(size=identity.dimension, distance=m.Distance.COSINE)
+            },
+            sparse_vectors_config={BM25: m.SparseVectorParams(modifier=m.Modifier.IDF)},
+            metadata={"syncd_model": identity.model},
+        )
+        for field, schema in _SCHEMAS.items():
+            self._client.create_payload_index(name, field, schema)
+
+    def _alias(self, target: str) -> None:
+        self._client.update_collection_aliases(
+            [
+                m.CreateAliasOperation(
+                    create_alias=m.CreateAlias(collection_name=target, alias_name=self._collection)
+                )
+            ]
+        )
+
+    def _drop(self) -> None:
+        """Delete the collection, or the one its name is an alias of, and the alias."""
+        aliases = {a.alias_name: a.collection_name for a in self._client.get_aliases().aliases}
+        target = aliases.get(self._collection)
+        if target is None:
+            self._client.delete_collection(self._collection)
+            return
+        self._client.update_collection_aliases(
+            [m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name=self._collection))]
+        )
+        self._client.delete_collection(target)
+
+    def _upgrade(self, staging: str, identity: Identity) -> None:
+        """Copy every point into the two-vector layout, BM25 from its text; nothing embedded."""
+        total = self._client.count(self._collection, exact=True).count
+        log.info("store_upgrade_started", collection=self._collection, points=total, adds=BM25)
+        if self._client.collection_exists(staging):
+            self._client.delete_collection(staging)
+        self._create(staging, identity)
+        offset = None
+        while True:
+            records, offset = self._client.scroll(
+                self._collection,
+                limit=UPGRADE_BATCH,
+                offset=offset,
+                with_payload=True,
+                with_vectors=True,
+            )
+            points = [
+                m.PointStruct(
+                    id=r.id,
+                    vector={
+                        DENSE: r.vector,
+                        BM25: _sparse(bm25_document((r.payload or {}).get("text", ""))),
+                    },
+                    payload=r.payload,
+                )
+                for r in records
+            ]
+            if points:
+                self._client.upsert(staging, points, wait=True)
+            if offset is None:
+                break
+        self._client.delete_collection(self._collection)
+        self._alias(staging)
+        log.info("store_upgrade_finished", collection=self._collection, points=total)
 
     def upsert(self, points: list[PointData]) -> None:
         structs = [
-            m.PointStruct(id=p.id, vector=p.vector.tolist(), payload=p.payload) for p in points
+            m.PointStruct(
+                id=p.id,
+                vector={
+                    DENSE: p.vector.tolist(),
+                    BM25: _sparse(bm25_document(p.payload.get("text", ""))),
+                },
+                payload=p.payload,
+            )
+            for p in points
         ]
         with _translated():
             self._client.upsert(self._collection, structs, wait=True)
@@ -101,30 +214,82 @@ class ServerStore:
             )
         return result.count
 
-    def chunk_counts(self, source: str) -> dict[str, int]:
+    def _paths(self, where: m.Filter | None) -> dict[str, int]:
         with _translated():
             result = self._client.facet(
-                self._collection,
-                key="path",
-                limit=_FACET_LIMIT,
-                exact=True,
-                facet_filter=m.Filter(must=[_source_is(source)]),
+                self._collection, key="path", limit=_FACET_LIMIT, exact=True, facet_filter=where
             )
         return {str(h.value): h.count for h in result.hits}
 
-    def search(self, vector: np.ndarray, limit: int, source: str | None) -> list[Hit]:
+    def chunk_counts(self, source: str) -> dict[str, int]:
+        return self._paths(m.Filter(must=[_source_is(source)]))
+
+    def search(self, query: SearchQuery) -> list[Hit]:
+        where = _filter(query)
+        if query.path_glob:
+            paths = match_glob(self._paths(where), query.path_glob)
+            if not paths:
+                return []
+            where = _filter(query, paths)
+        nearest = [
+            (using, _sparse(vector) if using == BM25 else vector) for using, vector in legs(query)
+        ]
+        if not nearest:
+            return []
+        if len(nearest) == 1:
+            using, vector = nearest[0]
+            arguments: dict[str, Any] = {"query": vector, "using": using}
+        else:
+            arguments = {
+                "prefetch": [
+                    m.Prefetch(query=vector, using=using, limit=query.candidates, filter=where)
+                    for using, vector in nearest
+                ],
+                "query": m.RrfQuery(rrf=m.Rrf(k=RRF_K)),
+            }
         with _translated():
             result = self._client.query_points(
                 self._collection,
-                query=vector.tolist(),
-                limit=limit,
+                limit=query.limit,
                 with_payload=True,
-                query_filter=m.Filter(must=[_source_is(source)]) if source else None,
+                query_filter=where,
+                **arguments,
             )
         return [Hit(p.score, p.payload or {}) for p in result.points]
 
+    def document(self, source: str, path: str) -> list[dict[str, Any]]:
+        where = m.Filter(
+            must=[_source_is(source), m.FieldCondition(key="path", match=m.MatchValue(value=path))]
+        )
+        payloads: list[dict[str, Any]] = []
+        offset = None
+        with _translated():
+            while True:
+                records, offset = self._client.scroll(
+                    self._collection, scroll_filter=where, limit=UPGRADE_BATCH, offset=offset
+                )
+                payloads += [r.payload or {} for r in records]
+                if offset is None:
+                    break
+        return sorted(payloads, key=lambda p: p.get("chunk_index", 0))
+
     def close(self) -> None:
         self._client.close()
+
+
+def _filter(query: SearchQuery, paths: list[str] | None = None) -> m.Filter | None:
+    must: list[Any] = []
+    if query.source:
+        must.append(_source_is(query.source))
+    if paths is not None:
+        must.append(m.FieldCondition(key="path", match=m.MatchAny(any=paths)))
+    for key, value in query.where.items():
+        alternatives = [
+            m.FieldCondition(key=f"metadata.{key}", match=m.MatchValue(value=v))
+            for v in where_values(value)
+        ]
+        must.append(m.Filter(should=alternatives))
+    return m.Filter(must=must) if must else None
 
 
 class _translated:

@@ -1,0 +1,152 @@
+"""Search scenarios: retrieval quality on the Python FAQ, and hybrid latency at 100,000 chunks.
+
+Quality: each question heading of `bench/data/python-faq/*.rst` is a query, its answer
+section (the question removed) the one relevant document; metrics come from ranx.
+Latency: in process, the query's embedding excluded (drawn beforehand), over the Edge store.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ranx import Qrels, Run, evaluate
+
+from bench.corpus import document
+from bench.harness import percentile
+from syncd.chunking import chunk_text
+from syncd.config import Embedder, Qdrant
+from syncd.embedders.local import LocalEmbedder
+from syncd.store import Identity, PointData, SearchQuery, bm25_document, open_store, point_id
+
+FAQ = Path(__file__).parent / "data" / "python-faq"
+METRICS = ["ndcg@10", "recall@10", "mrr@10"]
+_UNDERLINE = re.compile(r"^([=\-~^*+#\"'])\1{2,}$")
+
+
+def faq_pairs(root: Path = FAQ) -> list[tuple[str, str, str]]:
+    """(id, question, answer) for every section whose title is a question."""
+    pairs = []
+    for path in sorted(root.glob("*.rst")):
+        lines = path.read_text().splitlines()
+        titles = [
+            i
+            for i in range(len(lines) - 1)
+            if lines[i].strip()
+            and _UNDERLINE.match(lines[i + 1].strip())
+            and len(lines[i + 1].strip()) >= len(lines[i].strip())
+        ]
+        for n, i in enumerate(titles):
+            end = titles[n + 1] if n + 1 < len(titles) else len(lines)
+            answer = "\n".join(lines[i + 2 : end]).strip()
+            if lines[i].strip().endswith("?") and answer:
+                pairs.append((f"{path.stem}-{n}", lines[i].strip(), answer))
+    return pairs
+
+
+def retrieval_quality(work: Path, limit_pairs: int | None = None) -> dict[str, Any]:
+    pairs = faq_pairs()[:limit_pairs]
+    embedder = LocalEmbedder(Embedder(provider="local", model="all-MiniLM-L6-v2"))
+    store = open_store(Qdrant(path=work / "q", collection="faq"), Identity("local:bench", 384))
+    chunks = [
+        (doc_id, i, c.text)
+        for doc_id, _, answer in pairs
+        for i, c in enumerate(chunk_text(answer, 1000, 100, markdown=False))
+    ]
+    vectors = embedder.embed_sync([text for _, _, text in chunks])
+    store.upsert(
+        [
+            PointData(
+                point_id("faq", doc_id, i),
+                vector,
+                {"source": "faq", "path": doc_id, "chunk_index": i, "text": text},
+            )
+            for (doc_id, i, text), vector in zip(chunks, vectors, strict=True)
+        ]
+    )
+    questions = embedder.embed_sync([q for _, q, _ in pairs])
+    qrels = Qrels({f"q{n}": {doc_id: 1} for n, (doc_id, _, _) in enumerate(pairs)})
+    results: dict[str, Any] = {"queries": len(pairs), "chunks": len(chunks)}
+    for mode in ("dense", "keyword", "hybrid"):
+        run: dict[str, dict[str, float]] = {}
+        for n, (_, question, _) in enumerate(pairs):
+            hits = store.search(SearchQuery(question, questions[n], mode, 30))
+            best: dict[str, float] = {}
+            # Documents ranked by their best chunk; ranx wants scores, so 1/rank keeps order.
+            for hit in hits:
+                best.setdefault(hit.payload["path"], 1.0 / (len(best) + 1))
+            run[f"q{n}"] = best or {"none": 0.0}
+        results[mode] = evaluate(qrels, Run(run, name=mode), METRICS)
+    store.close()
+    return results
+
+
+def search_latency(work: Path, chunks: int, queries: int = 200) -> dict[str, Any]:
+    """Hybrid p50 over `chunks` points of bench-corpus text; random unit vectors for dense."""
+    rng = np.random.default_rng(7)
+    store = open_store(Qdrant(path=work / "q", collection="lat"), Identity("local:bench", 384))
+    texts = [document(i, paragraphs=1, words=120) for i in range(chunks)]
+    batch = 2_000
+    started = time.perf_counter()
+    for start in range(0, chunks, batch):
+        vectors = rng.standard_normal((min(batch, chunks - start), 384)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        store.upsert(
+            [
+                PointData(
+                    point_id("lat", f"d{(start + j) // 10}.md", (start + j) % 10),
+                    vectors[j],
+                    {
+                        "source": "lat",
+                        "path": f"d{(start + j) // 10}.md",
+                        "chunk_index": (start + j) % 10,
+                        "text": texts[start + j],
+                    },
+                )
+                for j in range(len(vectors))
+            ]
+        )
+    load_seconds = time.perf_counter() - started
+    words = [w for t in texts[:50] for w in t.split()]
+    query_vectors = rng.standard_normal((queries, 384)).astype(np.float32)
+    results: dict[str, Any] = {"chunks": chunks, "load_seconds": load_seconds}
+    for mode in ("hybrid", "dense", "keyword"):
+        took = []
+        for n in range(queries):
+            text = " ".join(words[(n * 3) % len(words) : (n * 3) % len(words) + 4])
+            query = SearchQuery(text, query_vectors[n], mode, 10)
+            t0 = time.perf_counter()
+            store.search(query)
+            took.append((time.perf_counter() - t0) * 1000)
+        results[f"{mode}_p50_ms"] = statistics.median(took)
+        results[f"{mode}_p95_ms"] = percentile(took, 95)
+    store.close()
+    return results
+
+
+def bm25_cost(work: Path, chunks: int) -> dict[str, Any]:
+    """What BM25 adds per chunk, against the local embedder's time for the same chunks."""
+    texts = [c.text for i in range(chunks // 4) for c in chunk_text(document(i), 1000, 100)]
+    embedder = LocalEmbedder(Embedder(provider="local", model="all-MiniLM-L6-v2"))
+    t0 = time.perf_counter()
+    embedder.embed_sync(texts)
+    embed = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for text in texts:
+        bm25_document(text)
+    bm25 = time.perf_counter() - t0
+    return {
+        "chunks": len(texts),
+        "embed_seconds": embed,
+        "bm25_seconds": bm25,
+        "bm25_share_of_embedding": bm25 / embed,
+        "store_bytes": _size(work),
+    }
+
+
+def _size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
