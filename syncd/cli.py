@@ -16,13 +16,21 @@ from typing import Any
 import structlog
 
 from syncd import __version__
-from syncd.config import FolderSource, RedisSource, Settings, default_config_path, load_config
+from syncd.config import (
+    FolderSource,
+    RedisSource,
+    Settings,
+    check_listen_safe,
+    default_config_path,
+    load_config,
+)
 from syncd.engine import Progress, Report, opened
 from syncd.errors import BackendUnavailable, ConfigError, StoreError, StoreLocked, SyncdError
 from syncd.http import DaemonClient, hits_json
 from syncd.logs import configure_logging
 from syncd.plan import Plan
 from syncd.state import State
+from syncd.store import MAX_LIMIT, MODES, SearchQuery, parse_where
 
 log = structlog.get_logger()
 
@@ -93,8 +101,22 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", parents=[common], help="print the chunks nearest to a query")
     p.add_argument("query")
-    p.add_argument("--limit", type=int, default=5)
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="hybrid",
+        help="hybrid: dense + BM25 fused with RRF (default); dense; keyword (BM25)",
+    )
+    p.add_argument("--limit", type=int, default=5, help=f"hits, 1 to {MAX_LIMIT} (default 5)")
     p.add_argument("--source", help="only this source")
+    p.add_argument("--path", metavar="GLOB", help="only documents whose path matches GLOB")
+    p.add_argument(
+        "--where",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="only documents whose metadata has KEY equal to VALUE (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(command=search)
     return parser
@@ -106,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     from syncd import daemon
 
+    check_listen_safe(settings)
     asyncio.run(daemon.run(settings))
     return EXIT_OK
 
@@ -279,28 +302,37 @@ def _iso(ts: float | None) -> str | None:
 
 
 def search(settings: Settings, args: argparse.Namespace) -> int:
-    if args.limit < 1:
-        raise ConfigError("--limit must be at least 1")
     if args.source:
         settings.source(args.source)
+    query = SearchQuery(
+        args.query,
+        mode=args.mode,
+        limit=args.limit,
+        source=args.source,
+        path_glob=args.path,
+        where=parse_where(args.where),
+    )
 
-    async def query() -> dict[str, Any]:
+    async def ask_store() -> dict[str, Any]:
         async with opened(settings, create=False) as engine:
-            return hits_json(args.query, await engine.search(args.query, args.limit, args.source))
+            return hits_json(query.text, await engine.search(query))
 
     try:
-        result = asyncio.run(query())
+        result = asyncio.run(ask_store())
     except StoreLocked:
         if not settings.server.listen:
             raise
-        result = DaemonClient(settings.server).search(args.query, args.limit, args.source)
-    hits = result["hits"]
+        result = DaemonClient(settings.server).search(query)
     if args.json:
         print(json.dumps(result, indent=2))
         return EXIT_OK
-    if not hits:
+    if not result["hits"]:
         print("no results (has `syncd resync` run?)")
-    for h in hits:
+    for h in result["hits"]:
+        where = f"{h['source']}/{h['path']}  #{h['chunk_index']}"
+        if h.get("page"):
+            where += f"  p.{h['page']}"
+        title = f"  {h['title']}" if h.get("title") else ""
         excerpt = " ".join(h["text"].split())[:200]
-        print(f"{h['score']:.3f}  {h['source']}/{h['path']}  #{h['chunk_index']}\n       {excerpt}")
+        print(f"{h['score']:.3f}  {where}{title}\n       {excerpt}")
     return EXIT_OK

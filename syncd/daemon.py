@@ -30,7 +30,7 @@ from syncd.http import HealthServer
 from syncd.notify import Notifier
 from syncd.plan import folder_plan
 from syncd.sources import folder
-from syncd.store import Hit
+from syncd.store import Hit, SearchQuery
 
 log = structlog.get_logger()
 
@@ -113,8 +113,11 @@ class Daemon:
         embedder_down = self.engine.embedder.failing_since is not None
         return self.started and self.healthy and not self.consumers_down and not embedder_down
 
-    async def search(self, text: str, limit: int, source: str | None) -> list[Hit]:
-        return await self.engine.search(text, limit, source)
+    def source_names(self) -> list[str]:
+        return [s.name for s in self.settings.sources]
+
+    async def search(self, query: SearchQuery) -> list[Hit]:
+        return await self.engine.search(query)
 
     async def resync(self, names: list[str] | None = None, retry_failed: bool = True) -> Report:
         """Reconcile these sources (all by default) now; also what `POST /resync` runs."""

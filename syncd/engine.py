@@ -14,7 +14,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ from syncd.extract import Extracted, extract
 from syncd.plan import Delete, Plan, Upsert, folder_plan, repair_plan, text_hash
 from syncd.sources import folder
 from syncd.state import State, Synced
-from syncd.store import Hit, Identity, PointData, Store, open_store, point_id
+from syncd.store import Hit, Identity, PointData, SearchQuery, Store, open_store, point_id
 
 log = structlog.get_logger()
 
@@ -174,11 +174,14 @@ class Engine:
         log.info("reconcile_finished", source=plan.source, **_counts(report))
         return report
 
-    async def search(self, text: str, limit: int, source: str | None) -> list[Hit]:
+    async def search(self, query: SearchQuery) -> list[Hit]:
+        """Embeds the query's text as a query (not for keyword search), then asks the store."""
         if self.store is None:
             return []
-        (vector,) = await self.embedder.embed([text], "query")
-        return self.store.search(vector, limit, source)
+        if query.mode != "keyword":
+            (vector,) = await self.embedder.embed([query.text], "query")
+            query = replace(query, dense=vector)
+        return await asyncio.to_thread(self.store.search, query)
 
     # -- deleting ---------------------------------------------------------------------------
 

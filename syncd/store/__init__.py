@@ -60,6 +60,24 @@ class Hit:
     score: float
     payload: dict[str, Any]
 
+    def to_json(self) -> dict[str, Any]:
+        """The one shape of a hit: `search --json`, GET /search and MCP."""
+        p = self.payload
+        return {
+            "score": round(self.score, 4),
+            "source": p.get("source"),
+            "path": p.get("path"),
+            "chunk_index": p.get("chunk_index"),
+            "chunk_count": p.get("chunk_count"),
+            "page": p.get("page"),
+            "title": p.get("title"),
+            "format": p.get("format"),
+            "text": p.get("text"),
+        }
+
+
+# Hits one search may return.
+MAX_LIMIT = 100
 
 Mode = Literal["hybrid", "dense", "keyword"]
 MODES: tuple[Mode, ...] = ("hybrid", "dense", "keyword")
@@ -74,6 +92,7 @@ class SearchQuery:
     """
 
     text: str
+    #: Filled in by the engine, which embeds `text` as a query unless the mode is keyword.
     dense: np.ndarray | None = None
     mode: Mode = "hybrid"
     limit: int = 10
@@ -84,10 +103,8 @@ class SearchQuery:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"search mode {self.mode!r}: expected one of {', '.join(MODES)}")
-        if self.mode != "keyword" and self.dense is None:
-            raise ConfigError(f"search mode {self.mode}: the query's embedding is missing")
-        if self.limit < 1:
-            raise ConfigError(f"search limit {self.limit}: expected at least 1")
+        if not 1 <= self.limit <= MAX_LIMIT:
+            raise ConfigError(f"search limit {self.limit}: expected 1 to {MAX_LIMIT}")
         for key in self.where:
             if not _METADATA_KEY.match(key):
                 raise ConfigError(f"--where {key}=...: keys are letters, digits, _ and -")
@@ -98,6 +115,17 @@ class SearchQuery:
         return max(self.limit * _CANDIDATES_PER_HIT, _MIN_CANDIDATES)
 
 
+def parse_where(pairs: Iterable[str]) -> dict[str, str]:
+    """`KEY=VALUE` strings (split at the first `=`) → {key: value}."""
+    where = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--where {pair!r}: expected KEY=VALUE")
+        where[key] = value
+    return where
+
+
 def bm25_document(text: str) -> qe.SparseVector:
     return _bm25.embed_document(text)
 
@@ -105,7 +133,9 @@ def bm25_document(text: str) -> qe.SparseVector:
 def legs(query: SearchQuery) -> list[tuple[str, list[float] | qe.SparseVector]]:
     """(vector name, query vector) per list to fuse; a text of stopwords only has no BM25 leg."""
     out: list[tuple[str, list[float] | qe.SparseVector]] = []
-    if query.mode != "keyword" and query.dense is not None:
+    if query.mode != "keyword":
+        if query.dense is None:
+            raise ValueError(f"search mode {query.mode} needs the query's embedding")
         out.append((DENSE, query.dense.tolist()))
     if query.mode != "dense":
         sparse = _bm25.embed_query(query.text)
