@@ -97,6 +97,8 @@ def search_query(params: dict[str, list[str]]) -> SearchQuery:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # A burst of connections waits in the kernel instead of being refused.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: type, config: ServerConfig) -> None:
         super().__init__(address, handler)

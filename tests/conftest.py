@@ -158,6 +158,7 @@ def make_daemon(make_config, tmp_path: Path):
         if d.proc and d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+            d.close_pipes()
 
 
 @pytest.fixture

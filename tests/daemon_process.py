@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -47,11 +48,16 @@ class Daemon:
         self.root, self.config, self.port = root, config, port
         self.proc: subprocess.Popen | None = None
 
-    def start(self, **env: str) -> Daemon:
+    def start(self, max_open_files: int | None = None, **env: str) -> Daemon:
+        def limit_files() -> None:
+            if max_open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_open_files, max_open_files))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "syncd", "run", "-c", str(self.config)],
             env={**os.environ, **env},
             cwd=self.root,
+            preexec_fn=limit_files,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -82,7 +88,14 @@ class Daemon:
         assert self.proc is not None
         self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout=timeout)
+            code = self.proc.wait(timeout=timeout)
+            #: What the daemon logged, for tests to read after it stopped.
+            self.stderr = self.proc.stderr.read()
+            return code
         finally:
+            self.close_pipes()
+
+    def close_pipes(self) -> None:
+        if self.proc is not None:
             self.proc.stdout.close()
             self.proc.stderr.close()
