@@ -23,6 +23,9 @@ RUN apt-get update \
     && install -d -o 10001 -g 10001 -m 0700 /var/lib/syncd
 COPY --from=build /opt/syncd /opt/syncd
 COPY docker/config.yaml /etc/syncd/config.yaml
+# Reachable from other containers, so /search and /resync want a bearer token: the image's
+# config reads it from the secret /run/secrets/syncd-token (`syncd run` refuses to listen
+# on 0.0.0.0 without one).
 ENV PATH=/opt/syncd/bin:$PATH \
     SYNCD_SERVER__LISTEN=0.0.0.0:9187
 # Numeric, so the host and Kubernetes' runAsNonRoot can tell it is not root.

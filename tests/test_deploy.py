@@ -100,6 +100,25 @@ def test_compose_runs_syncd_beside_qdrant():
     assert syncd["environment"]["SYNCD_QDRANT__URL"] == "http://qdrant:6333"
     assert syncd["init"] is True and "./sample-docs:/docs:ro" in syncd["volumes"]
     assert set(compose["volumes"]) == {"qdrant-data", "syncd-state"}
+    assert syncd["environment"]["SYNCD_SERVER__TOKEN_FILE"] == "/run/secrets/syncd-token"
+    assert syncd["secrets"] == ["syncd-token"] and "syncd-token" in compose["secrets"]
+
+
+def test_image_config_listens_beyond_loopback_only_with_its_token(tmp_path, monkeypatch):
+    from syncd.config import check_listen_safe, load_config
+    from syncd.errors import ConfigError
+
+    monkeypatch.delenv("SYNCD_QDRANT__URL", raising=False)
+    token = tmp_path / "syncd-token"
+    token.write_text("0123456789abcdef\n")
+    monkeypatch.setenv("SYNCD_SERVER__TOKEN_FILE", str(token))
+    check_listen_safe(load_config(ROOT / "docker" / "config.yaml"))
+    text = (ROOT / "docker" / "config.yaml").read_text()
+    bare = tmp_path / "config.yaml"
+    bare.write_text(text.replace("  token_file: /run/secrets/syncd-token", ""))
+    monkeypatch.delenv("SYNCD_SERVER__TOKEN_FILE")
+    with pytest.raises(ConfigError, match="server.token"):
+        check_listen_safe(load_config(bare))
 
 
 def test_image_environment_built_as_the_dockerfile_does_runs_the_entrypoint(tmp_path):
