@@ -42,7 +42,13 @@ def main() -> None:
         "chunking": lambda w: chunking(50 if q else 2_000, 40 if q else 400, not args.no_peer),
     }
     plan["memory"] = lambda w: memory.memory(
-        w, 100 if q else 1_500, 50 if q else 600, rounds=1 if q else 3, with_daemon=not q
+        w,
+        100 if q else 1_500,
+        50 if q else 600,
+        rounds=1 if q else 3,
+        # The side-by-side baseline comes from git history, which a quick run need not have.
+        baseline=None if q else memory.BASELINE,
+        with_daemon=not q,
     )
     if not args.no_peer:
         plan["peer_langchain"] = lambda w: scenarios.peer_langchain(w, 50 if q else 2_000)

@@ -27,6 +27,7 @@ from syncd.config import FolderSource, RedisSource, Settings
 from syncd.engine import Engine, Report, opened
 from syncd.errors import BackendUnavailable, ConfigError, SyncdError
 from syncd.http import HealthServer
+from syncd.memory import trim_heap
 from syncd.notify import Notifier
 from syncd.plan import folder_plan
 from syncd.sources import folder
@@ -190,6 +191,8 @@ class Daemon:
                 continue
             wait = min([next_rescan - now, *self._deadlines(debounce, now), 5.0])
             notifier.status(self._summary())
+            if not self.busy.locked():
+                trim_heap()  # idle now: what the last batch peaked at goes back to the OS
             self.wake.clear()
             stop_task = asyncio.ensure_future(stop.wait())
             wake_task = asyncio.ensure_future(self.wake.wait())

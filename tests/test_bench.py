@@ -27,6 +27,8 @@ def test_bench_runs_every_scenario_and_writes_json_and_plot(tmp_path):
         "freshness",
         "rate_limit",
         "redis_queue",
+        "chunking",
+        "memory",
     ):
         assert results[name]["wall_seconds"] > 0, name
     assert results["incremental"]["texts_embedded"] >= 1

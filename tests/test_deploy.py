@@ -117,7 +117,7 @@ def test_image_config_listens_beyond_loopback_only_with_its_token(tmp_path, monk
     bare = tmp_path / "config.yaml"
     bare.write_text(text.replace("  token_file: /run/secrets/syncd-token", ""))
     monkeypatch.delenv("SYNCD_SERVER__TOKEN_FILE")
-    with pytest.raises(ConfigError, match="server.token"):
+    with pytest.raises(ConfigError, match=r"server\.token"):
         check_listen_safe(load_config(bare))
 
 

@@ -19,6 +19,7 @@ from syncd.embedders.ai21 import AI21Embedder
 from syncd.embedders.openai import OpenAIEmbedder
 from syncd.engine import Report, opened
 from syncd.errors import BackendUnavailable, EmbedAuth, EmbedRejected
+from syncd.store import SearchQuery
 
 KEY = "test-key"
 
@@ -305,7 +306,7 @@ def test_search_embeds_the_query_as_a_query(docs, make_config, fake_embed):
 
     async def go():
         async with opened(settings) as engine:
-            return await engine.search("alpha?", 1, None)
+            return await engine.search(SearchQuery("alpha?", mode="dense", limit=1))
 
     (hit,) = asyncio.run(go())
     assert hit.payload["path"] == "a.txt"

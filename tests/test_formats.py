@@ -18,6 +18,7 @@ from pptx import Presentation
 
 from syncd import engine as engine_module
 from syncd.engine import opened
+from syncd.store import SearchQuery
 
 SENTENCES = {
     "report.pdf": None,  # pages, below
@@ -176,7 +177,9 @@ def test_pdf_word_on_page_3_comes_back_from_search_with_page_3(library, settings
 
     async def search():
         async with opened(settings, embedder=embedder) as engine:
-            return await engine.search("who won the zebracorn trophy", 1, None)
+            return await engine.search(
+                SearchQuery("who won the zebracorn trophy", mode="dense", limit=1)
+            )
 
     (hit,) = asyncio.run(search())
     assert (hit.payload["path"], hit.payload["page"]) == ("report.pdf", 3)
@@ -202,7 +205,7 @@ def test_documents_are_searchable_by_meaning(library, settings, resync, embedder
 
     async def search():
         async with opened(settings, embedder=embedder) as engine:
-            return await engine.search(query, 1, None)
+            return await engine.search(SearchQuery(query, mode="dense", limit=1))
 
     assert asyncio.run(search())[0].payload["path"] == path
 

@@ -199,7 +199,7 @@ def test_edge_and_server_give_the_same_hits(tmp_path, points, embedder):
 def test_bad_queries_are_usage_errors():
     with pytest.raises(ConfigError, match="mode"):
         SearchQuery("x", None, "fuzzy")
-    with pytest.raises(ConfigError, match="embedding"):
-        SearchQuery("x", None, "hybrid")
+    with pytest.raises(ConfigError, match="limit"):
+        SearchQuery("x", None, "keyword", limit=101)
     with pytest.raises(ConfigError, match="where"):
         SearchQuery("x", None, "keyword", where={"a.b": "c"})

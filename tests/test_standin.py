@@ -21,7 +21,7 @@ from standin_process import StandinProcess
 
 from syncd.config import Qdrant
 from syncd.errors import BackendUnavailable
-from syncd.store import Identity, PointData, open_store, point_id
+from syncd.store import Identity, PointData, SearchQuery, open_store, point_id
 
 DENSE = {"dense": m.VectorParams(size=4, distance=m.Distance.COSINE)}
 SPARSE = {"bm25": m.SparseVectorParams(modifier=m.Modifier.IDF)}
@@ -252,7 +252,7 @@ def test_syncd_server_store_upserts_counts_and_searches(standin):
     )
     assert store.count("s") == 5
     assert store.chunk_counts("s") == {"a.md": 3, "b.md": 2}
-    hits = store.search(other, 2, "s")
+    hits = store.search(SearchQuery("", other, "dense", 2, "s"))
     assert [h.payload["path"] for h in hits] == ["b.md", "b.md"]
     assert hits[0].score == pytest.approx(1.0, abs=1e-5)
     store.trim("s", "a.md", keep=1)

