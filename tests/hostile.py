@@ -9,14 +9,17 @@ from pathlib import Path
 import docx
 
 _WORD = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
-# Runs of three characters: the most work for a DOCX parser per byte inflated.
-_PARAGRAPH = b"<w:p>" + b"<w:r><w:t>ab </w:t></w:r>" * 40 + b"</w:p>"
+# Runs of three characters: the most memory for a DOCX parser per byte inflated.
+_RUNS = b"<w:p>" + b"<w:r><w:t>ab </w:t></w:r>" * 40 + b"</w:p>"
+# Long runs: seconds of parsing in little memory.
+_TEXT = b"<w:p><w:r><w:t>" + b"lorem ipsum dolor sit amet " * 40 + b"</w:t></w:r></w:p>"
 
 
-def docx_bomb(path: Path, inflated_mib: int) -> Path:
+def docx_bomb(path: Path, inflated_mib: int, lean: bool = False) -> Path:
     """A valid .docx of a few hundred KB whose document.xml inflates to `inflated_mib` MiB;
     written in a stream, so the test process never holds it.
     """
+    paragraph = _TEXT if lean else _RUNS
     template = io.BytesIO()
     doc = docx.Document()
     doc.add_paragraph("x")
@@ -31,8 +34,8 @@ def docx_bomb(path: Path, inflated_mib: int) -> Path:
                 continue
             with out.open("word/document.xml", "w", force_zip64=True) as xml:
                 xml.write(f'<?xml version="1.0"?><w:document xmlns:w="{_WORD}"><w:body>'.encode())
-                for _ in range(inflated_mib * 1024 * 1024 // len(_PARAGRAPH)):
-                    xml.write(_PARAGRAPH)
+                for _ in range(inflated_mib * 1024 * 1024 // len(paragraph)):
+                    xml.write(paragraph)
                 xml.write(b"</w:body></w:document>")
     return path
 
