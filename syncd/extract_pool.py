@@ -25,7 +25,8 @@ import pebble
 from syncd.errors import DocumentError
 from syncd.extract import Extracted, extract, needs_worker
 
-DEFAULT_MEMORY_LIMIT = 1 << 30
+# Per worker, beyond what it maps at start: two workers and syncd stay well under 1.5 GB.
+DEFAULT_MEMORY_LIMIT = 512 << 20
 # Text a worker may hand back: past this, a small compressed file is an inflation bomb
 # more often than a book (32 M characters is some 10,000 pages).
 DEFAULT_MAX_TEXT_CHARS = 32_000_000
