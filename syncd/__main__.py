@@ -1,3 +1,5 @@
 from syncd.cli import main
 
-raise SystemExit(main())
+# Guarded: extraction workers are spawned, and spawning re-imports the main module.
+if __name__ == "__main__":
+    raise SystemExit(main())

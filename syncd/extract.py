@@ -14,9 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from syncd.errors import DocumentError, UnsupportedFormat
+from syncd.metadata import json_safe, load_front_matter
 
 PAGE_BREAK = "\f"
 
@@ -88,7 +87,8 @@ SUPPORTED_SUFFIXES = sorted(_MARKDOWN | _PLAIN.keys() | _CODE.keys() | _DOCUMENT
 DEFAULT_INCLUDE = [f"**/*{s}" for s in SUPPORTED_SUFFIXES]
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
-_ATX_TITLE = re.compile(r"^#[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+# The closing #s are stripped in Python: a regex for them backtracks quadratically.
+_ATX_TITLE = re.compile(r"^#[ \t]+(\S.*)", re.MULTILINE)
 # Bytes looked at to tell text from binary, as git and grep do.
 _SNIFF = 8192
 
@@ -114,7 +114,7 @@ def extract(name: str, data: bytes, ocr_language: str | None = None) -> Extracte
     With `ocr_language` (a Tesseract language such as "eng"), pages without a text layer
     are read by OCR.
     """
-    suffix = name[name.rfind(".") :].lower() if "." in name.rsplit("/", 1)[-1] else ""
+    suffix = _suffix(name)
     if suffix in _DOCUMENTS:
         return _document(data, _DOCUMENTS[suffix], ocr_language)
     known = suffix in _MARKDOWN or suffix in _PLAIN or suffix in _CODE
@@ -131,23 +131,39 @@ def extract(name: str, data: bytes, ocr_language: str | None = None) -> Extracte
     return Extracted(text=text, format=_PLAIN.get(suffix) or _CODE.get(suffix) or "text/plain")
 
 
+def needs_worker(name: str) -> bool:
+    """Whether extracting `name` runs a parser whose time and memory the bytes decide
+    (kreuzberg); plain text and Markdown are decoded here in linear time.
+    """
+    return _suffix(name) in _DOCUMENTS
+
+
+def _suffix(name: str) -> str:
+    return name[name.rfind(".") :].lower() if "." in name.rsplit("/", 1)[-1] else ""
+
+
 def _markdown(text: str) -> Extracted:
     metadata: dict[str, Any] = {}
     match = _FRONT_MATTER.match(text)
     if match:
-        try:
-            parsed = yaml.safe_load(match.group(1))
-        except yaml.YAMLError:
-            parsed = None
-        # Front-matter that is not a mapping is left in the body, where the author wrote it.
-        if isinstance(parsed, dict):
-            metadata = _jsonable(parsed)
+        parsed = load_front_matter(match.group(1))
+        if parsed is not None:
+            metadata = parsed
             text = text[match.end() :]
     title = metadata.get("title")
     if not isinstance(title, str):
         heading = _ATX_TITLE.search(text)
-        title = heading.group(1) if heading else None
+        title = _heading_text(heading.group(1)) if heading else None
     return Extracted(text=text, format="text/markdown", title=title, metadata=metadata)
+
+
+def _heading_text(line: str) -> str | None:
+    """An ATX heading's text: a closing run of #s counts only after a space ("C#" stays)."""
+    text = line.rstrip(" \t")
+    unclosed = text.rstrip("#")
+    if unclosed != text and (not unclosed or unclosed[-1] in " \t"):
+        text = unclosed.rstrip(" \t")
+    return text or None
 
 
 def _document(data: bytes, mime: str, ocr_language: str | None) -> Extracted:
@@ -174,9 +190,8 @@ def _document(data: bytes, mime: str, ocr_language: str | None) -> Extracted:
         text = _join_pages(result.content)
     else:
         text = result.content
-    metadata = {
-        k: _jsonable(v) for k, v in (result.metadata or {}).items() if k in _PROPERTIES and v
-    }
+    properties = {k: v for k, v in (result.metadata or {}).items() if k in _PROPERTIES and v}
+    metadata = json_safe(properties, where="document properties")
     title = metadata.get("title") if isinstance(metadata.get("title"), str) else None
     return Extracted(text=text, format=mime, title=title, metadata=metadata, paged=paged)
 
@@ -203,14 +218,3 @@ def _reason(error: Exception) -> str:
     """kreuzberg repeats its error class in the message: 'ParsingError: Invalid PDF: ...'."""
     text = str(error)
     return text.split(": ", 1)[1] if text.startswith(type(error).__name__ + ": ") else text
-
-
-def _jsonable(value: Any) -> Any:
-    """YAML dates and other scalars become strings so the payload is plain JSON."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)

@@ -1,7 +1,13 @@
 import os
+import shutil
+import socket
+import threading
+
+import pytest
 
 from syncd.config import FolderSource
-from syncd.sources.folder import scan
+from syncd.errors import DocumentError
+from syncd.sources.folder import read, scan
 
 
 def source(root, **kw) -> FolderSource:
@@ -106,3 +112,78 @@ def test_inotify_limit_falls_back_to_polling_and_says_how_to_raise_it(tmp_path, 
     finally:
         observer.stop()
         observer.join()
+
+
+def read_in_thread(src: FolderSource, rel: str) -> bytes | BaseException:
+    """`read`'s result or exception; a read that blocks fails the test instead of hanging it."""
+    out: list = []
+
+    def run():
+        try:
+            out.append(read(src, rel))
+        except BaseException as e:
+            out.append(e)
+
+    reader = threading.Thread(target=run, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "read blocked"
+    return out[0]
+
+
+def test_read_returns_an_ordinary_file_and_one_linked_inside_the_root(tmp_path):
+    touch(tmp_path, "d/a.md", "alpha")
+    os.symlink(tmp_path / "d" / "a.md", tmp_path / "link.md")
+    assert read(source(tmp_path), "d/a.md") == b"alpha"
+    assert read(source(tmp_path), "link.md") == b"alpha"
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe.md")
+    error = read_in_thread(source(tmp_path), "pipe.md")
+    assert isinstance(error, DocumentError)
+    assert str(error) == "not a regular file (FIFO)"
+
+
+def test_socket_and_directory_are_refused(tmp_path):
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock.md"))
+        with pytest.raises(DocumentError, match=r"not a regular file \(socket\)"):
+            read(source(tmp_path), "sock.md")
+    (tmp_path / "dir.md").mkdir()
+    with pytest.raises(DocumentError, match=r"not a regular file \(directory\)"):
+        read(source(tmp_path), "dir.md")
+
+
+def test_file_swapped_for_a_link_out_of_the_root_after_the_scan_is_refused(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    touch(outside, "secret.md", "secret")
+    touch(root, "note.md", "note")
+    touch(root, "d/inner.md", "inner")
+    assert sorted(scan(source(root))) == ["d/inner.md", "note.md"]
+    (root / "note.md").unlink()
+    os.symlink(outside / "secret.md", root / "note.md")
+    shutil.rmtree(root / "d")
+    os.symlink(outside, root / "d")
+    touch(outside, "inner.md", "outside inner")
+    for rel in ("note.md", "d/inner.md"):
+        error = read_in_thread(source(root), rel)
+        assert isinstance(error, DocumentError) and str(error) == "outside the source root"
+
+
+def test_file_swapped_for_a_device_is_refused_without_opening_it(tmp_path):
+    os.symlink("/dev/zero", tmp_path / "zero.md")
+    with pytest.raises(DocumentError, match=r"not a regular file \(character device\)"):
+        read(source(tmp_path), "zero.md")
+
+
+def test_file_that_grew_past_max_file_bytes_since_the_scan_is_refused(tmp_path):
+    touch(tmp_path, "big.txt", "x" * 101)
+    with pytest.raises(DocumentError, match=r"larger than max_file_bytes \(100\)"):
+        read(source(tmp_path, max_file_bytes=100), "big.txt")
+    assert read(source(tmp_path, max_file_bytes=101), "big.txt") == b"x" * 101
+
+
+def test_vanished_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read(source(tmp_path), "gone.md")

@@ -1,7 +1,7 @@
 """Scan and watch a folder tree: which included files exist, with their size and mtime.
 
-Only `stat` is called here; contents are read by the engine, and only for files whose
-size or mtime differ from what the state recorded.
+Scanning only calls `stat`; `read` is called by the engine, and only for files whose size
+or mtime differ from what the state recorded.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from watchdog.observers.polling import PollingObserver
 from wcmatch import glob
 
 from syncd.config import FolderSource
-from syncd.errors import ConfigError
+from syncd.errors import ConfigError, DocumentError
 
 log = structlog.get_logger()
 
@@ -210,4 +211,46 @@ def _printable(rel: str) -> bool:
 
 
 def read(source: FolderSource, rel: str) -> bytes:
-    return (source.path / rel).read_bytes()
+    """The bytes of a regular file inside the source root, checked on what was opened.
+
+    The scan's checks are stale by the time a file is read: it may have been swapped for
+    a FIFO (a plain open would block forever), a device, or a link out of the root. So
+    the path is first opened with O_PATH, which neither blocks nor touches a device, and
+    that handle is checked: a regular file, whose real path (links followed, as the scan
+    follows those that stay inside) lies inside the root. The file is then read through
+    the same handle, with O_NONBLOCK, and no further than max_file_bytes.
+
+    Raise DocumentError ("not a regular file (FIFO)", "outside the source root", "larger
+    than max_file_bytes"), FileNotFoundError when it is gone, OSError when unreadable.
+    """
+    handle = os.open(source.path / rel, os.O_PATH | os.O_CLOEXEC)
+    try:
+        kind = _kind(os.fstat(handle).st_mode)
+        if kind != "regular file":
+            raise DocumentError(f"not a regular file ({kind})")
+        real = Path(os.readlink(f"/proc/self/fd/{handle}"))
+        if not real.is_relative_to(source.path.resolve()):
+            raise DocumentError("outside the source root")
+        fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    finally:
+        os.close(handle)
+    with open(fd, "rb") as f:
+        data = f.read(source.max_file_bytes + 1)
+    if len(data) > source.max_file_bytes:
+        raise DocumentError(f"larger than max_file_bytes ({source.max_file_bytes}) when read")
+    return data
+
+
+_KINDS = {
+    stat.S_IFREG: "regular file",
+    stat.S_IFDIR: "directory",
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFLNK: "symbolic link",
+}
+
+
+def _kind(mode: int) -> str:
+    return _KINDS.get(stat.S_IFMT(mode), "special file")
