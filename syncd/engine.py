@@ -26,7 +26,8 @@ from syncd.config import FolderSource, RedisSource, Settings
 from syncd.embedders import Embedder, make_embedder
 from syncd.embedders.batching import Batcher
 from syncd.errors import DocumentError, StoreError, UnsupportedFormat
-from syncd.extract import Extracted, extract
+from syncd.extract import Extracted
+from syncd.extract_pool import ExtractPool
 from syncd.plan import Delete, Plan, Upsert, folder_plan, repair_plan, text_hash
 from syncd.sources import folder
 from syncd.state import State, Synced
@@ -108,6 +109,7 @@ class Engine:
         self.embedder = embedder
         self.progress = progress or Progress()
         self.stopping = asyncio.Event()
+        self.extract_pool = ExtractPool()
 
     def plan(
         self, source: FolderSource | RedisSource, force: bool = False, retry_failed: bool = True
@@ -231,6 +233,9 @@ class Engine:
             # Gone since the scan: it is no longer a current document.
             self._delete([Delete(u.source, u.path)], report)
             return None
+        except DocumentError as e:  # not a regular file, or outside the root, by now
+            self._problem(u, "failed", str(e), report)
+            return None
         except OSError as e:
             self._problem(u, "failed", f"unreadable: {e.strerror}", report)
             return None
@@ -249,28 +254,17 @@ class Engine:
             return None
         ocr = source.ocr_language if source.ocr else None
         try:
-            # A runaway extraction is abandoned (its thread finishes in the background).
-            doc, chunks = await asyncio.wait_for(
-                asyncio.to_thread(self._extract_and_chunk, u.path, data, ocr),
-                timeout=source.extract_timeout_seconds,
-            )
+            # In a worker process that is killed at the timeout or past its memory cap.
+            doc = await self.extract_pool.extract(u.path, data, ocr, source.extract_timeout_seconds)
         except UnsupportedFormat as e:
             self._problem(u, "skipped", str(e), report)
             return None
         except DocumentError as e:
-            self._problem(u, "failed", str(e), report)
+            if not self.stopping.is_set():  # cut off by a shutdown: the next run redoes it
+                self._problem(u, "failed", str(e), report)
             return None
-        except TimeoutError:
-            reason = f"extraction took longer than {source.extract_timeout_seconds:g}s"
-            self._problem(u, "failed", reason, report)
-            return None
+        chunks = await asyncio.to_thread(self._chunk, doc)
         return _Prepared(u, doc_hash, doc, chunks)
-
-    def _extract_and_chunk(
-        self, path: str, data: bytes, ocr_language: str | None
-    ) -> tuple[Extracted, list[Chunk]]:
-        doc = extract(path, data, ocr_language)
-        return doc, self._chunk(doc)
 
     def _chunk(self, doc: Extracted) -> list[Chunk]:
         c = self.settings.chunking
@@ -415,7 +409,7 @@ async def opened(
     the store has accepted the embedder, so a refused command leaves everything as it was.
     """
     state = State(settings.state.path)
-    own = store = None
+    own = store = engine = None
     try:
         if embedder is None:
             embedder = own = make_embedder(settings.embedder)
@@ -423,8 +417,11 @@ async def opened(
         identity = Identity(embedder.model_id, embedder.dimension)
         store = open_store(settings.qdrant, identity, rebuild=rebuild, create=create)
         state.use_embedder(embedder.model_id)
-        yield Engine(settings, state, store, embedder, progress)
+        engine = Engine(settings, state, store, embedder, progress)
+        yield engine
     finally:
+        if engine is not None:
+            engine.extract_pool.close()  # kills what still runs: shutdown stays bounded
         if store is not None:
             store.close()
         if own is not None:

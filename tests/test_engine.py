@@ -139,22 +139,28 @@ def test_file_that_became_empty_has_no_points(corpus, settings, resync):
     assert all(p["path"] != "bees.md" for p in points(settings).values())
 
 
-def test_editing_one_paragraph_of_a_30_chunk_document_embeds_at_most_3_texts(
+def test_editing_one_paragraph_of_a_30_chunk_document_embeds_at_most_3_texts_at_p95(
     docs, settings, resync, embedder
 ):
-    paragraphs = [paragraph(f"topic {n % 9}", n) * 2 for n in range(60)]
+    # Full chunks trade a little locality for half the texts (issue 18): the bound is the
+    # issue's, 3 texts at the 95th percentile of one-paragraph edits, never more than 5.
+    paragraphs = [paragraph(f"topic {n % 9}", n) * 2 for n in range(80)]
     write(docs, "long.md", "\n\n".join(paragraphs))
     resync(settings)
     count = len(points(settings))
     assert count >= 30
-    for n in (3, 17, 31, 48):
+    embedded = []
+    for n in range(2, 80, 4):
         embedder.reset()
         paragraphs[n] += " One more sentence was added here by an editor."
         write(docs, "long.md", "\n\n".join(paragraphs))
         report = resync(settings)
         assert report.updated == 1
-        assert 1 <= len(embedder.texts) <= 3, (n, len(embedder.texts))
+        embedded.append(len(embedder.texts))
         assert_mirrors(settings)
+    embedded.sort()
+    assert embedded[0] >= 1 and embedded[-1] <= 5, embedded
+    assert embedded[int(0.95 * (len(embedded) - 1))] <= 3, embedded
 
 
 def test_front_matter_lands_in_metadata_not_in_text(docs, settings, resync):

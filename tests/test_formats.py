@@ -16,8 +16,8 @@ from fpdf import FPDF
 from openpyxl import Workbook
 from pptx import Presentation
 
-from syncd import engine as engine_module
 from syncd.engine import opened
+from syncd.extract_pool import ExtractPool
 from syncd.store import SearchQuery
 
 SENTENCES = {
@@ -239,12 +239,13 @@ def test_unknown_types_included_explicitly_are_skipped_not_failed(docs, make_con
 def test_unchanged_pdf_is_not_extracted_again(library, settings, resync, monkeypatch):
     resync(settings)
     calls = []
-    real = engine_module.extract
-    monkeypatch.setattr(
-        engine_module,
-        "extract",
-        lambda name, data, ocr=None: calls.append(name) or real(name, data, ocr),
-    )
+    real = ExtractPool.extract
+
+    async def counting(pool, name, *args):
+        calls.append(name)
+        return await real(pool, name, *args)
+
+    monkeypatch.setattr(ExtractPool, "extract", counting)
     os.utime(library / "report.pdf")  # new mtime, same bytes
     report = resync(settings)
     assert (report.unchanged, report.texts_embedded, calls) == (11, 0, [])

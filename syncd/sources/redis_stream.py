@@ -23,7 +23,8 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from syncd.config import RedisSource
-from syncd.errors import BackendUnavailable, SourceError
+from syncd.errors import BackendUnavailable, DocumentError, SourceError
+from syncd.metadata import json_safe
 
 log = structlog.get_logger()
 
@@ -97,7 +98,10 @@ def _metadata(raw: str | None) -> dict[str, Any]:
         raise ValueError(f"metadata is not JSON: {e}") from None
     if not isinstance(metadata, dict):
         raise ValueError("metadata must be a JSON object")
-    return metadata
+    try:
+        return json_safe(metadata)  # bounded depth and size, as front matter is
+    except DocumentError as e:
+        raise ValueError(str(e)) from None
 
 
 def _no_constant(name: str) -> float:
