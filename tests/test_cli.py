@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,33 @@ def test_store_held_by_another_process_exits_3(project):
 def test_unknown_source_is_a_usage_error(project):
     out = syncd_cmd("resync", "--source", "nope", cwd=project)
     assert out.returncode == 2 and "nope" in out.stderr
+
+
+def test_refused_command_changes_nothing(project, fake_embed):
+    import sqlite3
+
+    assert syncd_cmd("resync", cwd=project).returncode == 0
+    db = project / ".syncd" / "state.db"
+
+    def cached() -> int:
+        with sqlite3.connect(db) as c:
+            return c.execute("SELECT count(*) FROM vectors").fetchone()[0]
+
+    before = cached()
+    assert before > 0
+    other = subprocess.run(
+        [sys.executable, "-m", "syncd", "search", "tides"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "SYNCD_EMBEDDER__PROVIDER": "openai",
+            "SYNCD_EMBEDDER__MODEL": "other-model",
+            "SYNCD_EMBEDDER__BASE_URL": f"{fake_embed.url}/v1",
+            "SYNCD_EMBEDDER__API_KEY": fake_embed.key,
+        },
+    )
+    assert other.returncode == 2 and "resync --force" in other.stderr, other.stderr
+    assert cached() == before

@@ -254,3 +254,51 @@ def test_text_the_embedder_rejects_is_dead_lettered_at_the_first_rejection(
     assert int(dead["_deliveries"]) == 1
     assert queue.stop() == 0
     assert_store_is(queue, {"good": ("This one is fine.", {})})
+
+
+def test_hostile_entries_are_dead_lettered_and_the_consumer_goes_on(queue, redis_server):
+    import redis
+
+    raw = redis.Redis.from_url(redis_server.url)  # bytes in, bytes out: no decoding here
+    deep = "[" * 100_000 + "]" * 100_000
+    deep_but_short = "[" * 20_000 + "]" * 20_000
+    hostile = [
+        {b"op": b"upsert", b"id": b"badutf8", b"text": b"caf\xe9 \xff\xfe"},
+        {b"op": b"upsert", b"id": b"nan", b"text": b"t", b"metadata": b'{"score": NaN}'},
+        {b"op": b"upsert", b"id": b"deep", b"text": b"t", b"metadata": f'{{"a": {deep}}}'.encode()},
+        {
+            b"op": b"upsert",
+            b"id": b"nested",
+            b"text": b"t",
+            b"metadata": f'{{"a": {deep_but_short}}}'.encode(),
+        },
+        {
+            b"op": b"upsert",
+            b"id": b"wide",
+            b"text": b"t",
+            b"metadata": b'{"a": [' + b"1," * 40_000 + b"1]}",
+        },
+        {b"op": b"upsert", b"id": b"ok1", b"text": b"An ordinary document."},
+    ]
+    for fields in hostile:
+        raw.xadd(STREAM, fields)
+    queue.start().wait_ready()
+    wait_until(lambda: drained(queue), 60, "drained")
+    dead = {f[b"id"]: f for _, f in raw.xrange(f"{STREAM}:dead")}
+    assert set(dead) == {b"badutf8", b"nan", b"deep", b"nested", b"wide"}
+    assert b"UTF-8" in dead[b"badutf8"][b"_reason"]
+    assert dead[b"badutf8"][b"text"] == b"caf\xe9 \xff\xfe"  # the bytes as they came
+    assert b"NaN" in dead[b"nan"][b"_reason"]
+    assert b"longer than" in dead[b"deep"][b"_reason"]
+    assert b"nested too deeply" in dead[b"nested"][b"_reason"]
+    assert b"longer than" in dead[b"wide"][b"_reason"]
+    # Still consuming, and ready, after all of them.
+    raw.xadd(STREAM, {b"op": b"upsert", b"id": b"ok2", b"text": b"Written after the hostile ones."})
+    wait_until(lambda: drained(queue), 60, "drained again")
+    assert get(queue.url("/readyz"))[0] == 200
+    assert queue.stop() == 0
+    assert "consumer_stopped" not in queue.stderr
+    assert_store_is(
+        queue,
+        {"ok1": ("An ordinary document.", {}), "ok2": ("Written after the hostile ones.", {})},
+    )
