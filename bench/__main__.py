@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import memory, scenarios
+from bench import memory, scenarios, search
 from bench.chunking import chunking
 from syncd.config import Log
 from syncd.logs import configure_logging
@@ -50,6 +50,10 @@ def main() -> None:
         baseline=None if q else memory.BASELINE,
         with_daemon=not q,
     )
+    plan["search_latency"] = lambda w: search.search_latency(w, 2_000 if q else 100_000)
+    plan["bm25_cost"] = lambda w: search.bm25_cost(w, 500 if q else 10_000)
+    if not q:  # needs the bench extra (ranx)
+        plan["retrieval"] = lambda w: search.retrieval_quality(w)
     if not args.no_peer:
         plan["peer_langchain"] = lambda w: scenarios.peer_langchain(w, 50 if q else 2_000)
     configure_logging(Log(level="warning"))
@@ -74,6 +78,47 @@ def main() -> None:
     print(table(results))
     plot(results, args.out / "results.png")
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'results.png'}")
+
+
+def search_rows(r: dict) -> list[tuple[str, str, str, str]]:
+    rows = []
+    if "search_latency" in r:
+        s = r["search_latency"]
+        rows.append(
+            (
+                f"9 search latency, {s['chunks']:,} chunks",
+                f"hybrid p50 {s['hybrid_p50_ms']:.1f} ms (p95 {s['hybrid_p95_ms']:.1f}); "
+                f"dense {s['dense_p50_ms']:.1f}, keyword {s['keyword_p50_ms']:.1f}",
+                "",
+                "target hybrid p50 <= 20 ms",
+            )
+        )
+    if "bm25_cost" in r:
+        b = r["bm25_cost"]
+        pipeline_ms = 1000 / r["pipeline_overhead"]["syncd_chunks_per_s"]
+        rows.append(
+            (
+                "9 BM25 per chunk vs pipeline per chunk",
+                f"{b['bm25_ms_per_chunk']:.3f} vs {pipeline_ms:.3f} ms; store "
+                f"+{b['store_growth']:.0%} on disk",
+                f"{b['bm25_ms_per_chunk'] / pipeline_ms:.3f}",
+                "target <= 0.05",
+            )
+        )
+    if "retrieval" in r:
+        q = r["retrieval"]
+        for mode in ("dense", "keyword", "hybrid"):
+            m = q[mode]
+            rows.append(
+                (
+                    f"9 Python FAQ retrieval, {mode}",
+                    f"nDCG@10 {m['ndcg@10']:.3f}, recall@10 {m['recall@10']:.3f}, "
+                    f"MRR@10 {m['mrr@10']:.3f}",
+                    "",
+                    f"{q['queries']} questions, {q['chunks']} chunks",
+                )
+            )
+    return rows
 
 
 def table(r: dict) -> str:
@@ -166,6 +211,7 @@ def table(r: dict) -> str:
         )
     if "memory" in r:
         rows += memory_rows(r["memory"])
+    rows += search_rows(r)
     if "peer_langchain" in r:
         peer = r["peer_langchain"]
         for step in ("first_sync", "noop", "edit_1pct"):
