@@ -122,7 +122,8 @@ class _Version(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         from syncd import __version__
 
-        parser.exit(message=f"syncd {__version__}\n")
+        print(f"syncd {__version__}")
+        parser.exit()
 
 
 # -- run --------------------------------------------------------------------------------------

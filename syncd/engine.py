@@ -318,7 +318,7 @@ class Engine:
             batcher.reset()
             report.texts_embedded += batcher.texts_embedded
 
-    def _write(
+    async def _write(
         self,
         ready: list[tuple[_Prepared, list[Chunk]]],
         vectors: dict[str, np.ndarray],
@@ -326,11 +326,13 @@ class Engine:
     ) -> None:
         """Points first (idempotent), surplus points next, the state last.
 
-        A write the store refuses fails only the documents concerned.
+        A write the store refuses fails only the documents concerned. The points are built
+        and written in a thread (BM25 and Qdrant Edge are native code), so the event loop
+        goes on with the embedding requests meanwhile.
         """
         docs = [p for p, _ in ready]
         try:
-            self._upsert(docs, vectors)
+            await asyncio.to_thread(self._upsert, docs, vectors)
         except StoreError:
             written = []
             for p in docs:
