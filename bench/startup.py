@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import resource
 import shutil
 import statistics
@@ -14,6 +13,7 @@ from typing import Any
 
 from bench.corpus import write_corpus
 from bench.harness import ai21_at, fake_api_process, process_env, settings, syncd
+from bench.scenarios import walk
 
 
 def timed(args: list[str], env: dict[str, str], runs: int) -> tuple[float, float]:
@@ -48,19 +48,6 @@ def startup(work: Path, runs: int) -> dict[str, Any]:
     return out
 
 
-def walk_seconds(root: Path) -> float:
-    """The floor of any reconcile: list every directory and stat every file."""
-    started = time.perf_counter()
-    stack = [root]
-    while stack:
-        for entry in os.scandir(stack.pop()):
-            if entry.is_dir():
-                stack.append(Path(entry.path))
-            else:
-                entry.stat()
-    return time.perf_counter() - started
-
-
 def scale(work: Path, files: int) -> dict[str, Any]:
     """First sync of `files` one-paragraph files with the fake API (its own process), then
     a no-op resync, each a whole `syncd resync` process; peak RSS of each."""
@@ -73,7 +60,9 @@ def scale(work: Path, files: int) -> dict[str, Any]:
         settings(root, embedder=ai21_at(url, key, max_concurrency=2))
         first, first_rss = syncd("resync", config=config)
         noop, noop_rss = syncd("resync", config=config)
-    floor = walk_seconds(root / "docs")
+    started = time.perf_counter()
+    walk(root / "docs")
+    floor = time.perf_counter() - started
     return {
         "files": files,
         "write_corpus_seconds": written,
