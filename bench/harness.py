@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -27,11 +28,16 @@ __all__ = ["FakeEmbedAPI"]
 
 
 def ai21(api: FakeEmbedAPI, **kw: Any) -> dict[str, Any]:
+    return ai21_at(api.url, api.key, **kw)
+
+
+def ai21_at(url: str, key: str, **kw: Any) -> dict[str, Any]:
+    """The embedder section for a fake API at `url` (in this process or another)."""
     return {
         "provider": "ai21",
         "model": "bench",
-        "base_url": api.url,
-        "api_key": api.key,
+        "base_url": url,
+        "api_key": key,
         "requests_per_minute": 1_000_000,
         "batch_size": 200,
     } | kw
@@ -59,6 +65,13 @@ def sync(config: Settings, force: bool = False) -> tuple[Report, float]:
     return report, time.perf_counter() - started
 
 
+def process_env(**extra: str) -> dict[str, str]:
+    """This environment, with bytecode cached as an installed package has it (outside the
+    tree): without it every process would compile syncd's modules again."""
+    cache = Path(tempfile.gettempdir()) / "syncd-bench-pycache"
+    return os.environ | {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(cache)} | extra
+
+
 def syncd(*args: str, config: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
     """Run the CLI in a process of its own; (seconds, that process's peak RSS in MB)."""
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent.
@@ -73,7 +86,7 @@ def syncd(*args: str, config: Path, env: dict[str, str] | None = None) -> tuple[
         check=True,
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env=process_env(**(env or {})),
     )
     seconds = time.perf_counter() - started
     return seconds, int(out.stderr.strip().splitlines()[-1]) / 1024

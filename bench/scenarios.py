@@ -16,6 +16,7 @@ from bench.corpus import document, edit, write_corpus
 from bench.harness import (
     FakeEmbedAPI,
     ai21,
+    ai21_at,
     daemon,
     fake_api_process,
     free_port,
@@ -62,17 +63,7 @@ def pipeline_overhead(work: Path, files: int, latency: float = 0.0) -> dict[str,
     write_corpus(root / "docs", files, paragraphs=8)
     texts = corpus_chunks(root / "docs")
     with fake_api_process(384, latency) as (url, key):
-        config = settings(
-            root,
-            embedder={
-                "provider": "ai21",
-                "model": "bench",
-                "base_url": url,
-                "api_key": key,
-                "requests_per_minute": 1_000_000,
-                "max_concurrency": 2,
-            },
-        )
+        config = settings(root, embedder=ai21_at(url, key, max_concurrency=2))
         started = time.perf_counter()
         asyncio.run(post_batches(url, key, texts, 2))
         raw = time.perf_counter() - started
@@ -231,62 +222,71 @@ def rate_limit(requests: int, rpm: int = 60) -> dict[str, Any]:
     }
 
 
-def redis_queue(work: Path, entries: int, samples: int) -> dict[str, Any]:
-    """Issue 5: entries/s through `syncd run` (fake API at 0 latency), XADD → searchable."""
+def redis_queue(work: Path, entries: int, samples: int, latency: float = 0.02) -> dict[str, Any]:
+    """Issues 5 and 18: entries/s through `syncd run` vs. the bare client posting the same
+    texts to the same fake API (its own process, `latency` per request); XADD → searchable."""
     import json
 
     from redis_server import RedisServer
 
     server = RedisServer(work)
     server.start()
-    api = FakeEmbedAPI(dimension=64).start()
     root = work / "queue"
     root.mkdir()
     port = free_port()
     source = {"name": "cms", "type": "redis", "url": server.url, "stream": "docs", "batch": 500}
-    settings(
-        root,
-        sources=[source],
-        embedder=ai21(api, max_concurrency=2),
-        server={"listen": f"127.0.0.1:{port}"},
-    )
     client = server.client()
+    texts = [document(i, paragraphs=1, words=30) for i in range(entries)]
+    chunks = [c.text for t in texts for c in chunk_text(t, 1000, 100, False)]
 
     def drained() -> bool:
         group = client.xinfo_groups("docs")
         return bool(group) and group[0]["lag"] == 0 and group[0]["pending"] == 0
 
     try:
-        with daemon(root / "config.yaml", port):
-            pipe = client.pipeline()
-            for i in range(entries):
-                text = document(i, paragraphs=1, words=30)
-                pipe.xadd(
-                    "docs",
-                    {
-                        "op": "upsert",
-                        "id": f"doc-{i}",
-                        "text": text,
-                        "metadata": json.dumps({"n": i}),
-                    },
-                )
+        with fake_api_process(64, latency) as (url, key):
             started = time.perf_counter()
-            pipe.execute()
-            seconds = until(drained, 600, every=0.05)
-            took = []
-            for i in range(samples):
-                text = f"Queue freshness probe {i}: " + document(50_000 + i, paragraphs=1, words=20)
-                started = time.perf_counter()
-                client.xadd("docs", {"op": "upsert", "id": f"probe-{i}", "text": text})
-                until(lambda t=text, i=i: top_path(port, t) == f"probe-{i}", 60)
-                took.append(time.perf_counter() - started)
+            asyncio.run(post_batches(url, key, chunks, 2))
+            bare = time.perf_counter() - started
+            settings(
+                root,
+                sources=[source],
+                embedder=ai21_at(url, key, max_concurrency=2),
+                server={"listen": f"127.0.0.1:{port}"},
+            )
+            with daemon(root / "config.yaml", port):
+                pipe = client.pipeline()
+                for i, text in enumerate(texts):
+                    pipe.xadd(
+                        "docs",
+                        {
+                            "op": "upsert",
+                            "id": f"doc-{i}",
+                            "text": text,
+                            "metadata": json.dumps({"n": i}),
+                        },
+                    )
+                pipe.execute()
+                seconds = until(drained, 600, every=0.05)
+                took = []
+                for i in range(samples):
+                    text = f"Queue freshness probe {i}: " + document(
+                        50_000 + i, paragraphs=1, words=20
+                    )
+                    started = time.perf_counter()
+                    client.xadd("docs", {"op": "upsert", "id": f"probe-{i}", "text": text})
+                    until(lambda t=text, i=i: top_path(port, t) == f"probe-{i}", 60)
+                    took.append(time.perf_counter() - started)
     finally:
-        api.stop()
         server.stop()
     return {
         "entries": entries,
+        "latency": latency,
         "seconds": seconds,
         "entries_per_s": entries / seconds,
+        "bare_seconds": bare,
+        "bare_entries_per_s": entries / bare,
+        "ratio": bare / seconds,
         "latency_p50": percentile(took, 50),
         "latency_p95": percentile(took, 95),
     }

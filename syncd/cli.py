@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -11,28 +10,19 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import structlog
-
-from syncd import __version__
-from syncd.config import (
-    FolderSource,
-    RedisSource,
-    Settings,
-    check_listen_safe,
-    default_config_path,
-    load_config,
-)
-from syncd.engine import Progress, Report, opened
 from syncd.errors import BackendUnavailable, ConfigError, StoreError, StoreLocked, SyncdError
-from syncd.http import DaemonClient, hits_json
-from syncd.logs import configure_logging
-from syncd.plan import Plan
-from syncd.state import State
-from syncd.store import MAX_LIMIT, MODES, SearchQuery, parse_where
+from syncd.store import MAX_LIMIT, MODES
 
-log = structlog.get_logger()
+# Everything heavier (pydantic, asyncio, structlog, numpy, the engine, the stores, the HTTP
+# client) is imported by the code that uses it: `--version` answers from argparse alone and
+# `status` without loading numpy, qdrant-client or the embedders.
+if TYPE_CHECKING:
+    from syncd.config import FolderSource, RedisSource, Settings
+    from syncd.engine import Progress, Report
+    from syncd.plan import Plan
+    from syncd.state import State
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
 
@@ -40,6 +30,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    from syncd.config import default_config_path, load_config
+    from syncd.logs import configure_logging
+
+    args.config = args.config or default_config_path()
     try:
         settings = load_config(args.config)
         configure_logging(settings.log)
@@ -71,14 +65,13 @@ def _parser() -> argparse.ArgumentParser:
         "-c",
         "--config",
         type=Path,
-        default=default_config_path(),
         help="config file (default: $SYNCD_CONFIG, else ./config.yaml)",
     )
     parser = argparse.ArgumentParser(
         prog="syncd",
         description="Keep a Qdrant collection an exact mirror of folders of documents.",
     )
-    parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", parents=[common], help="the daemon: reconcile, then follow changes")
@@ -122,11 +115,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Version(argparse.Action):
+    """argparse's own version action wants the string up front, which costs the metadata lookup
+    on every command."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from syncd import __version__
+
+        print(f"syncd {__version__}")
+        parser.exit()
+
+
 # -- run --------------------------------------------------------------------------------------
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
     from syncd import daemon
+    from syncd.config import check_listen_safe
 
     check_listen_safe(settings)
     asyncio.run(daemon.run(settings))
@@ -137,6 +144,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def resync(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from syncd.engine import Progress
+
     sources = [settings.source(args.source)] if args.source else settings.sources
     if args.dry_run:
         return _dry_run(settings, sources, args.json)
@@ -147,6 +158,8 @@ def resync(settings: Settings, args: argparse.Namespace) -> int:
     except StoreLocked:
         if args.force or not settings.server.listen:
             raise
+        from syncd.http import DaemonClient
+
         report = DaemonClient(settings.server).resync(args.source)
     if args.json:
         print(json.dumps(asdict(report), indent=2))
@@ -162,12 +175,19 @@ def resync(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _resync(settings: Settings, sources: list, force: bool, progress: Progress) -> Report:
+    from syncd.engine import opened
+
     rebuild = force and len(sources) == len(settings.sources)
     async with opened(settings, rebuild=rebuild, progress=progress) as engine:
         return await engine.resync(sources, force)
 
 
 def _dry_run(settings: Settings, sources: list, as_json: bool) -> int:
+    import asyncio
+
+    from syncd.config import FolderSource
+    from syncd.engine import opened
+
     async def plan() -> list[Plan]:
         async with opened(settings, create=False) as engine:
             # A queue has no plan to show: its resync only re-checks the store.
@@ -224,6 +244,9 @@ def _progress_display(progress: Progress, enabled: bool):
             )
             yield
         return
+    import structlog
+
+    log = structlog.get_logger()
     last = [time.monotonic()]
 
     def every_five_seconds(p: Progress) -> None:
@@ -245,6 +268,8 @@ def _progress_display(progress: Progress, enabled: bool):
 
 def status(settings: Settings, args: argparse.Namespace) -> int:
     # SQLite (and Redis for queue sources) only, so it works beside a running `syncd run`.
+    from syncd.state import State
+
     state = State(settings.state.path)
     try:
         rows = [_source_status(state, s) for s in settings.sources]
@@ -269,6 +294,8 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _source_status(state: State, source: FolderSource | RedisSource) -> dict[str, Any]:
+    from syncd.config import RedisSource
+
     r = state.status(source.name)
     row: dict[str, Any] = {
         "name": r.name,
@@ -280,6 +307,8 @@ def _source_status(state: State, source: FolderSource | RedisSource) -> dict[str
         "failed": [{"path": f.path, "reason": f.error, "attempts": f.attempts} for f in r.failed],
     }
     if isinstance(source, RedisSource):
+        import asyncio
+
         row["stream"] = asdict(asyncio.run(_stream_status(source)))
     return row
 
@@ -302,6 +331,12 @@ def _iso(ts: float | None) -> str | None:
 
 
 def search(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from syncd.engine import opened
+    from syncd.http import DaemonClient, hits_json
+    from syncd.store import SearchQuery, parse_where
+
     if args.source:
         settings.source(args.source)
     query = SearchQuery(

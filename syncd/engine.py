@@ -15,12 +15,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import structlog
 
-from syncd import metrics
 from syncd.chunking import Chunk, chunk_text
 from syncd.config import FolderSource, RedisSource, Settings
 from syncd.embedders import Embedder, make_embedder
@@ -32,6 +30,9 @@ from syncd.plan import Delete, Plan, Upsert, folder_plan, repair_plan, text_hash
 from syncd.sources import folder
 from syncd.state import State, Synced
 from syncd.store import Hit, Identity, PointData, SearchQuery, Store, open_store, point_id
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = structlog.get_logger()
 
@@ -311,7 +312,7 @@ class Engine:
             batcher.reset()
             report.texts_embedded += batcher.texts_embedded
 
-    def _write(
+    async def _write(
         self,
         ready: list[tuple[_Prepared, list[Chunk]]],
         vectors: dict[str, np.ndarray],
@@ -319,11 +320,13 @@ class Engine:
     ) -> None:
         """Points first (idempotent), surplus points next, the state last.
 
-        A write the store refuses fails only the documents concerned.
+        A write the store refuses fails only the documents concerned. The points are built
+        and written in a thread (BM25 and Qdrant Edge are native code), so the event loop
+        goes on with the embedding requests meanwhile.
         """
         docs = [p for p, _ in ready]
         try:
-            self._upsert(docs, vectors)
+            await asyncio.to_thread(self._upsert, docs, vectors)
         except StoreError:
             written = []
             for p in docs:
@@ -337,6 +340,9 @@ class Engine:
         report.added += sum(p.change.known is None for p in docs)
         report.updated += sum(p.change.known is not None for p in docs)
         self.progress.advance(documents=len(docs))
+        # Here, not at the top: prometheus_client is ~50 ms a no-op `resync` need not pay.
+        from syncd import metrics
+
         metrics.documents_synced.inc(len(docs))
 
     def _upsert(self, docs: list[_Prepared], vectors: dict[str, np.ndarray]) -> None:

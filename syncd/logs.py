@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import structlog
 
-from syncd.config import Log
+if TYPE_CHECKING:
+    from syncd.config import Log
 
 
 def configure_logging(config: Log) -> None:

@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from syncd.errors import ConfigError, StateError
+
+if TYPE_CHECKING:  # imported where vectors are read, so `syncd status` skips numpy
+    import numpy as np
 
 # Ordered and append-only: PRAGMA user_version records how many have run.
 MIGRATIONS = [
@@ -295,6 +296,8 @@ class State:
 
     @_translated
     def vectors(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        import numpy as np
+
         found: dict[str, np.ndarray] = {}
         keys = list(set(hashes))
         for i in range(0, len(keys), 500):
@@ -308,6 +311,8 @@ class State:
 
     @_translated
     def add_vectors(self, vectors: dict[str, np.ndarray]) -> None:
+        import numpy as np
+
         with self.transaction() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO vectors VALUES (?, ?)",

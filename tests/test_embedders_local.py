@@ -57,7 +57,8 @@ def test_vectors_match_the_packaged_graph_as_shipped(local_model):
     texts = REFERENCE["sentences"] + ["word " * 400]  # one past the 256-token truncation
     ours = local_model.embed_sync(texts)
     for row, text in enumerate(texts):
-        (encoding,) = local_model._tokenizer.encode_batch([text])
+        tokenizer, _ = local_model._model  # loaded by the embed above
+        (encoding,) = tokenizer.encode_batch([text])
         ids = np.array([encoding.ids], dtype=np.int64)
         feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": 0 * ids}
         (hidden,) = shipped.run(None, feed)

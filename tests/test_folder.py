@@ -88,15 +88,17 @@ def test_inotify_limit_falls_back_to_polling_and_says_how_to_raise_it(tmp_path, 
     import time
 
     import structlog
+    import watchdog.observers
     from watchdog.observers.polling import PollingObserver
 
     from syncd.sources import folder
 
-    class Exhausted(folder.Observer):
+    class Exhausted(watchdog.observers.Observer):
         def schedule(self, *args, **kwargs):
             raise OSError(errno.ENOSPC, "inotify watch limit reached")
 
-    monkeypatch.setattr(folder, "Observer", Exhausted)
+    # `watch` imports the observer when called (a one-shot resync never loads watchdog).
+    monkeypatch.setattr(watchdog.observers, "Observer", Exhausted)
     hints = []
     with structlog.testing.capture_logs() as logs:
         observer = folder.watch(source(tmp_path), False, lambda s, p: hints.append(p))

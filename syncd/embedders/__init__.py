@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from syncd.config import Embedder as EmbedderConfig
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Kind = Literal["document", "query"]
 

@@ -6,21 +6,26 @@ contain it.
 
 Vectors are cached by the sha256 of their text (in SQLite, through `cache`) as soon as
 they arrive, so a text is never embedded twice, not even after a crash.
+
+Complete documents are written (`on_ready`) by a task of their own, one write at a time
+and in order, while the next requests are already in flight: with a fast API, writing to
+Qdrant would otherwise stall the requests (py-spy: a third of a first sync's time).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
-import numpy as np
 import structlog
 
-from syncd import metrics
 from syncd.chunking import Chunk
 from syncd.embedders import Embedder
 from syncd.errors import EmbedRejected
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = structlog.get_logger()
 
@@ -43,7 +48,7 @@ class Batcher(Generic[Doc]):
         batch_size: int,
         concurrency: int,
         cache: VectorCache,
-        on_ready: Callable[[list[tuple[Doc, list[Chunk]]], dict[str, np.ndarray]], None],
+        on_ready: Callable[[list[tuple[Doc, list[Chunk]]], dict[str, np.ndarray]], Awaitable[None]],
         on_rejected: Callable[[Doc, str], None],
         on_embedded: Callable[[int], None] = lambda n: None,
     ) -> None:
@@ -61,6 +66,7 @@ class Batcher(Generic[Doc]):
         self._rejected: dict[str, str] = {}
         self._waiting: list[tuple[Doc, list[Chunk]]] = []
         self._inflight: dict[asyncio.Task, list[str]] = {}
+        self._writing: asyncio.Future[None] | None = None
 
     async def add(self, doc: Doc, chunks: list[Chunk], use_cache: bool = True) -> None:
         known = self._vectors.keys() | self._unsent.keys() | self._sent
@@ -74,7 +80,7 @@ class Batcher(Generic[Doc]):
         while len(self._unsent) >= self.batch_size:
             await self._send()
         if len(self._waiting) >= _RELEASE_EVERY:
-            self._release()
+            await self._release()
 
     async def flush(self) -> None:
         """Embed what is left (the last batch may be partial) and release every document."""
@@ -82,13 +88,18 @@ class Batcher(Generic[Doc]):
             await self._send()
         while self._inflight:
             await self._collect()
-        self._release()
+        await self._release()
+        await self._written()
 
     def reset(self) -> None:
         """Forget everything in progress (after an error): requests are cancelled."""
         for task in self._inflight:
             task.cancel()
         self._inflight.clear()
+        if self._writing is not None:
+            # Points already upserted without their state are re-synced next time.
+            self._writing.cancel()
+            self._writing = None
         self._vectors.clear()
         self._unsent.clear()
         self._sent.clear()
@@ -112,9 +123,11 @@ class Batcher(Generic[Doc]):
             self.cache.add_vectors(fresh)
             self._vectors.update(fresh)
             self.texts_embedded += len(fresh)
+            from syncd import metrics  # lazily, as in the engine: a no-op resync never counts
+
             metrics.chunks_embedded.inc(len(fresh))
             self.on_embedded(len(fresh))
-        self._release()
+        await self._release()
 
     async def _embed(self, hashes: list[str], texts: list[str]) -> dict[str, np.ndarray]:
         """One request; if the API rejects it, halve it until the culprits are found."""
@@ -130,7 +143,13 @@ class Batcher(Generic[Doc]):
             return first | await self._embed(hashes[middle:], texts[middle:])
         return dict(zip(hashes, vectors, strict=True))
 
-    def _release(self) -> None:
+    async def _written(self) -> None:
+        """Wait for the write in progress; its failure is the caller's."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            await writing
+
+    async def _release(self) -> None:
         ready, still = [], []
         for doc, chunks in self._waiting:
             reasons = [self._rejected[c.hash] for c in chunks if c.hash in self._rejected]
@@ -142,6 +161,8 @@ class Batcher(Generic[Doc]):
                 still.append((doc, chunks))
         self._waiting = still
         if ready:
-            self.on_ready(ready, self._vectors)
+            vectors = {c.hash: self._vectors[c.hash] for _, chunks in ready for c in chunks}
+            await self._written()
+            self._writing = asyncio.ensure_future(self.on_ready(ready, vectors))
         needed = {c.hash for _, chunks in still for c in chunks}
         self._vectors = {h: v for h, v in self._vectors.items() if h in needed}

@@ -64,6 +64,9 @@ class RemoteEmbedder:
         self._client = httpx.AsyncClient(
             timeout=config.timeout_seconds,
             headers={"Authorization": f"Bearer {key}"} if key else {},
+            # Loading the CA bundle is ~0.1 s of every command's start-up; a plain-http API
+            # (TEI, vLLM, Ollama on the host) has no certificate to check.
+            verify=self.base_url.startswith("https://"),
         )
         self._limiter = AsyncLimiter(1, 60 / config.requests_per_minute)
         self._slots = asyncio.Semaphore(config.max_concurrency)

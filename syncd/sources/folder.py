@@ -13,16 +13,17 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
 from wcmatch import glob
 
 from syncd.config import FolderSource
 from syncd.errors import ConfigError, DocumentError
+
+if TYPE_CHECKING:  # watchdog is imported by `watch`: a one-shot resync never loads it
+    from watchdog.events import FileSystemEvent
+    from watchdog.observers.api import BaseObserver
 
 log = structlog.get_logger()
 
@@ -145,8 +146,11 @@ def stat_paths(source: FolderSource, paths: set[str]) -> dict[str, FileStat]:
     return found
 
 
-class _Events(FileSystemEventHandler):
-    """Runs in watchdog's thread; hands relative paths (None: the whole source) to `hint`."""
+class _Events:
+    """Runs in watchdog's thread; hands relative paths (None: the whole source) to `hint`.
+
+    Watchdog only calls `dispatch`, so this needs no base class from it.
+    """
 
     def __init__(self, source: FolderSource, hint: Callable[[str, str | None], None]) -> None:
         self.hint = hint
@@ -154,7 +158,7 @@ class _Events(FileSystemEventHandler):
         self.root = str(source.path.resolve())
         self.matcher = Matcher(source.include, source.exclude)
 
-    def on_any_event(self, event: FileSystemEvent) -> None:
+    def dispatch(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
         paths = [event.src_path, getattr(event, "dest_path", "")]
@@ -174,6 +178,9 @@ def watch(
     source: FolderSource, polling: bool, hint: Callable[[str, str | None], None]
 ) -> BaseObserver:
     """Start a watchdog observer on the source; events become `hint(source, path)` calls."""
+    from watchdog.observers import Observer
+    from watchdog.observers.polling import PollingObserver
+
     handler = _Events(source, hint)
     observer = PollingObserver() if polling else Observer()
     try:

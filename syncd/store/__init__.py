@@ -9,18 +9,21 @@ store moved between them searches the same and BM25 never costs an embedding req
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import numpy as np
 import qdrant_edge as qe
-from wcmatch import glob
 
-from syncd.config import Qdrant as QdrantConfig
 from syncd.errors import ConfigError, StoreMismatch
+
+if TYPE_CHECKING:  # annotations only: the CLI imports this module to parse its arguments
+    import numpy as np
+
+    from syncd.config import Qdrant as QdrantConfig
 
 # Fixed forever: changing it would change every point id.
 _NAMESPACE = uuid.UUID("6f1c1d64-5c1e-4b44-9a59-3a5f0e0c7d21")
@@ -38,10 +41,11 @@ _MIN_CANDIDATES = 50
 UPGRADE_BATCH = 1000
 # `metadata.KEY`: plain keys only, so a key cannot reach outside `metadata`.
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-# No slash: match the file name at any depth, as .gitignore and rsync do.
-_GLOB_FLAGS = glob.GLOBSTAR | glob.MATCHBASE
 
-_bm25 = qe.Bm25()
+
+@functools.cache
+def _bm25() -> qe.Bm25:
+    return qe.Bm25()
 
 
 def point_id(source: str, path: str, chunk_index: int) -> str:
@@ -127,7 +131,7 @@ def parse_where(pairs: Iterable[str]) -> dict[str, str]:
 
 
 def bm25_document(text: str) -> qe.SparseVector:
-    return _bm25.embed_document(text)
+    return _bm25().embed_document(text)
 
 
 def legs(query: SearchQuery) -> list[tuple[str, list[float] | qe.SparseVector]]:
@@ -138,7 +142,7 @@ def legs(query: SearchQuery) -> list[tuple[str, list[float] | qe.SparseVector]]:
             raise ValueError(f"search mode {query.mode} needs the query's embedding")
         out.append((DENSE, query.dense.tolist()))
     if query.mode != "dense":
-        sparse = _bm25.embed_query(query.text)
+        sparse = _bm25().embed_query(query.text)
         if sparse.indices:
             out.append((BM25, sparse))
     return out
@@ -146,7 +150,11 @@ def legs(query: SearchQuery) -> list[tuple[str, list[float] | qe.SparseVector]]:
 
 def match_glob(paths: Iterable[str], pattern: str) -> list[str]:
     """The paths a `--path` glob selects; Qdrant has no glob match, so it gets this list."""
-    return [p for p in paths if glob.globmatch(p, pattern, flags=_GLOB_FLAGS)]
+    from wcmatch import glob
+
+    # No slash: match the file name at any depth, as .gitignore and rsync do.
+    flags = glob.GLOBSTAR | glob.MATCHBASE
+    return [p for p in paths if glob.globmatch(p, pattern, flags=flags)]
 
 
 def where_values(value: str) -> list[str | int | bool]:
