@@ -164,6 +164,8 @@ def resync(settings: Settings, args: argparse.Namespace) -> int:
 async def _resync(settings: Settings, sources: list, force: bool, progress: Progress) -> Report:
     rebuild = force and len(sources) == len(settings.sources)
     async with opened(settings, rebuild=rebuild, progress=progress) as engine:
+        if engine.rebuilt:
+            print(engine.rebuilt.describe(), file=sys.stderr)
         return await engine.resync(sources, force)
 
 
