@@ -35,7 +35,7 @@ def test_lost_state_file_is_rebuilt_and_the_resync_embeds_nothing(
         again = resync(settings)
     assert embedder.texts == []
     assert again.unchanged == 4 and again.added == again.updated == 0
-    assert [e for e in logs if e["event"] == "state_rebuilt"][0]["documents"] == 4
+    assert next(e for e in logs if e["event"] == "state_rebuilt")["documents"] == 4
     assert points(settings) == before
     # the rebuilt rows learnt each file's size on that one read: the next plan reads nothing
     state = State(settings.state.path)
