@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench import scenarios
 from bench.chunking import chunking
+from bench.migrate import migrate_throughput
 from syncd.config import Log
 from syncd.logs import configure_logging
 
@@ -39,6 +40,7 @@ def main() -> None:
         "freshness": lambda w: scenarios.freshness(w, 3 if q else 20),
         "rate_limit": lambda w: scenarios.rate_limit(3 if q else 25, rpm=600 if q else 60),
         "redis_queue": lambda w: scenarios.redis_queue(w, 100 if q else 5_000, 3 if q else 20),
+        "migrate": lambda w: migrate_throughput(w, 500 if q else 10_000),
         "chunking": lambda w: chunking(50 if q else 2_000, 40 if q else 400, not args.no_peer),
     }
     if not args.no_peer:
@@ -144,6 +146,17 @@ def table(r: dict) -> str:
             f"{q['entries']:,} entries",
         )
     )
+    if "migrate" in r:
+        mg = r["migrate"]
+        rows.append(
+            (
+                f"migrate {mg['points']:,} points to the stand-in",
+                f"{mg['to_parallel_4_points_per_s']:.0f} points/s (1 upload: "
+                f"{mg['to_parallel_1_points_per_s']:.0f}); back {mg['from_points_per_s']:.0f}",
+                "",
+                "stand-in serves one request at a time",
+            )
+        )
     for name, c in r.get("chunking", {}).get("rows", {}).items():
         rows.append(
             (

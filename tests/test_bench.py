@@ -27,9 +27,11 @@ def test_bench_runs_every_scenario_and_writes_json_and_plot(tmp_path):
         "freshness",
         "rate_limit",
         "redis_queue",
+        "migrate",
     ):
         assert results[name]["wall_seconds"] > 0, name
     assert results["incremental"]["texts_embedded"] >= 1
     assert results["rate_limit"]["max_in_60s_window"] <= results["rate_limit"]["limit_rpm"]
+    assert results["migrate"]["to_parallel_4_points_per_s"] > 0
     assert (tmp_path / "results.png").stat().st_size > 0
     assert "no-op reconcile" in out.stdout
