@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench import memory, scenarios, search
 from bench.chunking import chunking
+from bench.migrate import migrate_throughput
 from bench.startup import scale, startup
 from syncd.config import Log
 from syncd.logs import configure_logging
@@ -53,6 +54,7 @@ def main() -> None:
         "redis_queue": lambda w: scenarios.redis_queue(
             w, 100 if q else 5_000, 3 if q else 20, latency=0.02
         ),
+        "migrate": lambda w: migrate_throughput(w, 500 if q else 10_000),
         "chunking": lambda w: chunking(50 if q else 2_000, 40 if q else 400, not args.no_peer),
     }
     plan["memory"] = lambda w: memory.memory(
@@ -252,6 +254,17 @@ def table(r: dict) -> str:
                 f"{sc['noop_seconds']:.1f} s, peak {sc['noop_peak_rss_mb']:.0f} MB",
                 f"{sc['noop_to_scandir']:.1f}",
                 f"x scandir+stat ({sc['scandir_seconds']:.1f} s)",
+            )
+        )
+    if "migrate" in r:
+        mg = r["migrate"]
+        rows.append(
+            (
+                f"migrate {mg['points']:,} points to the stand-in",
+                f"{mg['to_parallel_4_points_per_s']:.0f} points/s (1 upload: "
+                f"{mg['to_parallel_1_points_per_s']:.0f}); back {mg['from_points_per_s']:.0f}",
+                "",
+                "stand-in serves one request at a time",
             )
         )
     for name, c in r.get("chunking", {}).get("rows", {}).items():

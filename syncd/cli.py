@@ -112,6 +112,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(command=search)
+
+    p = sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="copy the embedded store to a Qdrant server (or back) without embedding anything",
+    )
+    direction = p.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--to", metavar="URL", help="copy the embedded store to this server")
+    direction.add_argument(
+        "--from", dest="from_url", metavar="URL", help="copy this server's collection here"
+    )
+    p.add_argument("--collection", help="the server's collection (default: qdrant.collection)")
+    p.add_argument(
+        "--api-key-file", type=Path, help="the server's API key (default: qdrant.api_key)"
+    )
+    p.add_argument("--batch-size", type=int, default=256, help="points per request (%(default)s)")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=4,
+        help="uploads in flight to a server (%(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(command=migrate)
     return parser
 
 
@@ -179,6 +203,8 @@ async def _resync(settings: Settings, sources: list, force: bool, progress: Prog
 
     rebuild = force and len(sources) == len(settings.sources)
     async with opened(settings, rebuild=rebuild, progress=progress) as engine:
+        if engine.rebuilt:
+            print(engine.rebuilt.describe(), file=sys.stderr)
         return await engine.resync(sources, force)
 
 
@@ -370,4 +396,34 @@ def search(settings: Settings, args: argparse.Namespace) -> int:
         title = f"  {h['title']}" if h.get("title") else ""
         excerpt = " ".join(h["text"].split())[:200]
         print(f"{h['score']:.3f}  {where}{title}\n       {excerpt}")
+    return EXIT_OK
+
+
+# -- migrate --------------------------------------------------------------------------------
+
+
+def migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from syncd import migrate as migration
+    from syncd.credentials import read_secret_file
+
+    if args.api_key_file:
+        api_key = read_secret_file(args.api_key_file, "--api-key-file")
+    elif settings.qdrant.api_key:
+        api_key = settings.qdrant.api_key.get_secret_value()
+    else:
+        api_key = None
+    direction, url = ("to", args.to) if args.to else ("from", args.from_url)
+    report = migration.migrate(
+        settings, direction, url, args.collection, api_key, args.batch_size, args.parallel
+    )
+    if args.json:
+        print(json.dumps(asdict(report) | {"points_per_second": report.points_per_second}))
+        return EXIT_OK
+    resumed = f" (resumed after {report.resumed_from})" if report.resumed_from else ""
+    print(
+        f"copied {report.copied} points{resumed} {direction} {url} collection "
+        f"{report.collection!r} in {report.seconds:.1f}s ({report.points_per_second:.0f} points/s); "
+        f"verified the counts of {len(report.counts)} sources and {report.sampled} points"
+    )
+    print(migration.config_change(settings, report, with_key=api_key is not None))
     return EXIT_OK

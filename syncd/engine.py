@@ -27,8 +27,9 @@ from syncd.errors import DocumentError, StoreError, UnsupportedFormat
 from syncd.extract import Extracted
 from syncd.extract_pool import ExtractPool
 from syncd.plan import Delete, Plan, Upsert, folder_plan, repair_plan, text_hash
+from syncd.rebuild import Rebuilt, rebuild_state
 from syncd.sources import folder
-from syncd.state import State, Synced
+from syncd.state import State, Synced, open_state
 from syncd.store import Hit, Identity, PointData, SearchQuery, Store, open_store, point_id
 
 if TYPE_CHECKING:
@@ -111,6 +112,8 @@ class Engine:
         self.progress = progress or Progress()
         self.stopping = asyncio.Event()
         self.extract_pool = ExtractPool()
+        #: Set when `opened` rebuilt a lost or unreadable state from the store.
+        self.rebuilt: Rebuilt | None = None
 
     def plan(
         self, source: FolderSource | RedisSource, force: bool = False, retry_failed: bool = True
@@ -413,8 +416,9 @@ async def opened(
     With `create` false a missing collection is not made (`engine.store` is None then).
     An `embedder` passed in is the caller's to close. Nothing in the state changes before
     the store has accepted the embedder, so a refused command leaves everything as it was.
+    A state file that is missing or unreadable is rebuilt from the store (`engine.rebuilt`).
     """
-    state = State(settings.state.path)
+    state, moved_aside = open_state(settings.state.path)
     own = store = engine = None
     try:
         if embedder is None:
@@ -422,8 +426,11 @@ async def opened(
             await embedder.start()
         identity = Identity(embedder.model_id, embedder.dimension)
         store = open_store(settings.qdrant, identity, rebuild=rebuild, create=create)
+        sources = {s.name for s in settings.sources}
+        rebuilt = rebuild_state(state, store, sources, embedder.model_id, moved_aside)
         state.use_embedder(embedder.model_id)
         engine = Engine(settings, state, store, embedder, progress)
+        engine.rebuilt = rebuilt
         yield engine
     finally:
         if engine is not None:

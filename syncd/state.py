@@ -70,6 +70,16 @@ MIGRATIONS = [
         PRIMARY KEY (source, path)
     ) WITHOUT ROWID;
     """,
+    """
+    -- `syncd migrate`: the first point not yet copied to each target, so a copy
+    -- interrupted at any moment resumes there (points are in id order).
+    CREATE TABLE copy_progress (
+        target TEXT PRIMARY KEY,
+        next_offset TEXT,
+        copied INTEGER NOT NULL,
+        started_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 
@@ -113,6 +123,26 @@ class Synced:
 
 
 @dataclass(frozen=True)
+class StoredChunk:
+    """One point of the store, as much as the state can learn from it."""
+
+    source: str
+    path: str
+    chunk_index: int
+    chunk_count: int
+    chunk_hash: str
+    doc_hash: str
+    mtime_ns: int
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class CopyProgress:
+    next_offset: str | None
+    copied: int
+
+
+@dataclass(frozen=True)
 class SourceStatus:
     name: str
     documents: int
@@ -138,6 +168,31 @@ def _translated(method: Callable[P, R]) -> Callable[P, R]:
             raise StateError(f"state database: {e}") from e
 
     return wrapper
+
+
+def open_state(path: Path) -> tuple[State, Path | None]:
+    """The state, and where an unreadable file was moved aside (None if it was not).
+
+    A file SQLite calls corrupt or not a database is kept for inspection as
+    `state.db.corrupt-<timestamp>` (with its -wal), and a fresh state takes its place,
+    for the engine to rebuild from the store. Other failures (permissions, a locked or
+    missing directory) stay errors: moving the file would not help.
+    """
+    try:
+        return State(path), None
+    except ConfigError as e:
+        cause = e.__cause__
+        if getattr(cause, "sqlite_errorcode", None) not in (
+            sqlite3.SQLITE_CORRUPT,
+            sqlite3.SQLITE_NOTADB,
+        ):
+            raise
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        moved = path.with_name(path.name + suffix)
+        if moved.exists():
+            moved.rename(aside.with_name(aside.name + suffix))
+    return State(path), aside
 
 
 class State:
@@ -186,6 +241,65 @@ class State:
         with self.transaction() as db:
             db.execute("DELETE FROM vectors")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('embedder', ?)", (model_id,))
+
+    @_translated
+    def embedder(self) -> str | None:
+        """The embedder the cached vectors belong to; None in a state never used to sync."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='embedder'").fetchone()
+        return row[0] if row else None
+
+    @_translated
+    def restore(self, pages: Iterable[list[StoredChunk]], model_id: str) -> tuple[int, int]:
+        """Fill an empty state from the store's points, all or nothing; (documents, chunks).
+
+        The size is unknown (-1), so the next plan reads each file once and compares its
+        hash instead of trusting size + mtime; unchanged files then cost no embedding.
+        Recording the embedder last marks the state as in use.
+        """
+        chunks = 0
+        with self.transaction() as db:
+            for page in pages:
+                page = [c for c in page if 0 <= c.chunk_index < c.chunk_count]
+                db.executemany(
+                    "INSERT OR IGNORE INTO documents VALUES (?, ?, -1, ?, ?, ?, 'done', NULL, 0, ?)",
+                    [
+                        (c.source, c.path, c.mtime_ns, c.doc_hash, c.chunk_count, time.time())
+                        for c in page
+                    ],
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?)",
+                    [(c.source, c.path, c.chunk_index, c.chunk_hash) for c in page],
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+                    [(c.chunk_hash, c.vector.tobytes()) for c in page],  # float32 already
+                )
+                chunks += len(page)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('embedder', ?)", (model_id,))
+            documents = db.execute("SELECT count(*) FROM documents").fetchone()[0]
+        return documents, chunks
+
+    # -- migrate's progress ---------------------------------------------------------------
+
+    @_translated
+    def copy_progress(self, target: str) -> CopyProgress | None:
+        row = self.db.execute(
+            "SELECT next_offset, copied FROM copy_progress WHERE target=?", (target,)
+        ).fetchone()
+        return CopyProgress(*row) if row else None
+
+    @_translated
+    def save_copy_progress(self, target: str, progress: CopyProgress) -> None:
+        self.db.execute(
+            """INSERT INTO copy_progress VALUES (?, ?, ?, ?) ON CONFLICT (target) DO UPDATE
+               SET next_offset=excluded.next_offset, copied=excluded.copied""",
+            (target, progress.next_offset, progress.copied, time.time()),
+        )
+
+    @_translated
+    def finish_copy(self, target: str) -> None:
+        self.db.execute("DELETE FROM copy_progress WHERE target=?", (target,))
 
     # -- documents ----------------------------------------------------------------------
 

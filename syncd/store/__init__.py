@@ -60,6 +60,16 @@ class PointData:
 
 
 @dataclass(frozen=True)
+class Record:
+    """A point as a store holds it, both vectors as they are: what `migrate` copies."""
+
+    id: str
+    dense: list[float]
+    bm25: qe.SparseVector
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Hit:
     score: float
     payload: dict[str, Any]
@@ -134,6 +144,11 @@ def bm25_document(text: str) -> qe.SparseVector:
     return _bm25().embed_document(text)
 
 
+def to_record(p: PointData) -> Record:
+    """A point as syncd writes it: BM25 from its chunk text."""
+    return Record(p.id, p.vector.tolist(), bm25_document(p.payload.get("text", "")), p.payload)
+
+
 def legs(query: SearchQuery) -> list[tuple[str, list[float] | qe.SparseVector]]:
     """(vector name, query vector) per list to fuse; a text of stopwords only has no BM25 leg."""
     out: list[tuple[str, list[float] | qe.SparseVector]] = []
@@ -176,7 +191,28 @@ class Identity:
 
 
 class Store(Protocol):
+    #: What the collection was built with.
+    identity: Identity
+
     def upsert(self, points: list[PointData]) -> None: ...
+
+    def upsert_records(self, records: list[Record]) -> None:
+        """Write points with both vectors as given (a copy from another store)."""
+        ...
+
+    def scroll(
+        self, offset: str | None = None, limit: int = UPGRADE_BATCH
+    ) -> tuple[list[Record], str | None]:
+        """One page of every point in id order, and the offset of the next page (None: done)."""
+        ...
+
+    def retrieve(self, ids: list[str]) -> list[Record]:
+        """These points, those that exist, in no particular order."""
+        ...
+
+    def count_by_source(self) -> dict[str, int]:
+        """Points per source."""
+        ...
 
     def delete_documents(self, source: str, paths: list[str]) -> None:
         """Remove every point of these documents."""
@@ -214,11 +250,13 @@ def mismatch(found: Identity, wanted: Identity, where: str) -> StoreMismatch:
 
 
 def open_store(
-    config: QdrantConfig, identity: Identity, rebuild: bool = False, create: bool = True
+    config: QdrantConfig, identity: Identity | None, rebuild: bool = False, create: bool = True
 ) -> Store | None:
     """Open the collection, creating it if missing unless `create` is false (then None).
 
     A collection built with another embedder is an error unless `rebuild`, which empties it.
+    With `identity` None, an existing collection is taken as it was built (`migrate` reads
+    a store without starting its embedder) and a missing one is never created.
     """
     if config.url:
         from syncd.store.server import ServerStore

@@ -31,11 +31,13 @@ from syncd.store import (
     Hit,
     Identity,
     PointData,
+    Record,
     SearchQuery,
     bm25_document,
     legs,
     match_glob,
     mismatch,
+    to_record,
     where_values,
 )
 
@@ -54,14 +56,18 @@ def _source_is(source: str) -> qe.FieldCondition:
 
 
 class EdgeStore:
-    def __init__(self, shard: qe.EdgeShard) -> None:
+    def __init__(self, shard: qe.EdgeShard, identity: Identity) -> None:
         self._shard = shard
+        self.identity = identity
 
     @classmethod
-    def open(cls, path: Path, identity: Identity, rebuild: bool, create: bool) -> EdgeStore | None:
+    def open(
+        cls, path: Path, identity: Identity | None, rebuild: bool, create: bool
+    ) -> EdgeStore | None:
         _finish_swap(path)
         if (path / "edge_config.json").exists():
             found = _read_identity(path)
+            identity = identity or found
             if found != identity:
                 if not rebuild:
                     raise mismatch(found, identity, f"the embedded collection {path}")
@@ -69,21 +75,30 @@ class EdgeStore:
             elif _is_old_layout(path):
                 _upgrade(path, identity)
         if not (path / "edge_config.json").exists():
-            if not create:
+            if not create or identity is None:
                 return None
-            return cls(_create(path, identity))
-        return cls(_call(qe.EdgeShard.load, str(path)))
+            return cls(_create(path, identity), identity)
+        return cls(_call(qe.EdgeShard.load, str(path)), identity)
 
     def upsert(self, points: list[PointData]) -> None:
-        ops = [
-            qe.Point(
-                p.id,
-                {DENSE: p.vector.tolist(), BM25: bm25_document(p.payload.get("text", ""))},
-                p.payload,
-            )
-            for p in points
-        ]
+        self.upsert_records([to_record(p) for p in points])
+
+    def upsert_records(self, records: list[Record]) -> None:
+        ops = [qe.Point(r.id, {DENSE: r.dense, BM25: r.bm25}, r.payload) for r in records]
         _call(self._shard.update, qe.UpdateOperation.upsert_points(ops))
+
+    def scroll(
+        self, offset: str | None = None, limit: int = UPGRADE_BATCH
+    ) -> tuple[list[Record], str | None]:
+        request = qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=True)
+        records, next_offset = _call(self._shard.scroll, request)
+        return [_record(r) for r in records], None if next_offset is None else str(next_offset)
+
+    def retrieve(self, ids: list[str]) -> list[Record]:
+        return [_record(r) for r in _call(self._shard.retrieve, ids, True, True)]
+
+    def count_by_source(self) -> dict[str, int]:
+        return self._facet("source", None)
 
     def delete_documents(self, source: str, paths: list[str]) -> None:
         if paths:
@@ -106,9 +121,12 @@ class EdgeStore:
         request = qe.CountRequest(exact=True, filter=qe.Filter(must=[_source_is(source)]))
         return _call(self._shard.count, request)
 
-    def _paths(self, where: qe.Filter | None) -> dict[str, int]:
-        request = qe.FacetRequest(key="path", limit=_FACET_LIMIT, exact=True, filter=where)
+    def _facet(self, key: str, where: qe.Filter | None) -> dict[str, int]:
+        request = qe.FacetRequest(key=key, limit=_FACET_LIMIT, exact=True, filter=where)
         return {str(h.value): h.count for h in _call(self._shard.facet, request).hits}
+
+    def _paths(self, where: qe.Filter | None) -> dict[str, int]:
+        return self._facet("path", where)
 
     def chunk_counts(self, source: str) -> dict[str, int]:
         return self._paths(qe.Filter(must=[_source_is(source)]))
@@ -162,6 +180,10 @@ def _filter(query: SearchQuery, paths: list[str] | None = None) -> qe.Filter | N
         ]
         must.append(qe.Filter(should=alternatives))
     return qe.Filter(must=must) if must else None
+
+
+def _record(r: Any) -> Record:
+    return Record(str(r.id), r.vector[DENSE], r.vector[BM25], r.payload or {})
 
 
 def _scroll(shard: qe.EdgeShard, where: qe.Filter | None, with_vector: bool):

@@ -31,11 +31,13 @@ from syncd.store import (
     Hit,
     Identity,
     PointData,
+    Record,
     SearchQuery,
     bm25_document,
     legs,
     match_glob,
     mismatch,
+    to_record,
     where_values,
 )
 
@@ -52,6 +54,13 @@ def _sparse(vector: qe.SparseVector) -> m.SparseVector:
     return m.SparseVector(indices=vector.indices, values=vector.values)
 
 
+def _record(r: m.Record) -> Record:
+    sparse = r.vector[BM25]
+    return Record(
+        str(r.id), r.vector[DENSE], qe.SparseVector(sparse.indices, sparse.values), r.payload or {}
+    )
+
+
 def _source_is(source: str) -> m.FieldCondition:
     return m.FieldCondition(key="source", match=m.MatchValue(value=source))
 
@@ -60,10 +69,11 @@ class ServerStore:
     def __init__(self, client: QdrantClient, collection: str) -> None:
         self._client = client
         self._collection = collection
+        self.identity = Identity("an unknown embedder", -1)
 
     @classmethod
     def connect(
-        cls, config: QdrantConfig, identity: Identity, rebuild: bool, create: bool
+        cls, config: QdrantConfig, identity: Identity | None, rebuild: bool, create: bool
     ) -> ServerStore | None:
         key = config.api_key.get_secret_value() if config.api_key else None
         client = (
@@ -72,10 +82,16 @@ class ServerStore:
             else QdrantClient(url=config.url, api_key=key)
         )
         store = cls(client, config.collection)
-        return store if store.ensure(identity, rebuild, create) else None
+        if store.ensure(identity, rebuild, create):
+            return store
+        client.close()
+        return None
 
-    def ensure(self, identity: Identity, rebuild: bool, create: bool = True) -> bool:
-        """Check or create the collection; false when it is missing and not to be created."""
+    def ensure(self, identity: Identity | None, rebuild: bool, create: bool = True) -> bool:
+        """Check or create the collection; false when it is missing and not to be created.
+
+        With `identity` None an existing collection is taken as it was built.
+        """
         with _translated():
             staging = f"{self._collection}-bm25"
             if not self._client.collection_exists(self._collection) and (
@@ -91,6 +107,7 @@ class ServerStore:
                 found = Identity(
                     meta.get("syncd_model", "an unknown embedder"), dense.size if dense else -1
                 )
+                identity = self.identity = identity or found
                 if found == identity:
                     if old_layout:
                         self._upgrade(staging, identity)
@@ -98,9 +115,10 @@ class ServerStore:
                 if not rebuild:
                     raise mismatch(found, identity, f"the Qdrant collection {self._collection!r}")
                 self._drop()
-            elif not create:
+            elif not create or identity is None:
                 return False
             self._create(self._collection, identity)
+            self.identity = identity
         return True
 
     def _create(self, name: str, identity: Identity) -> None:
@@ -172,19 +190,36 @@ class ServerStore:
         log.info("store_upgrade_finished", collection=self._collection, points=total)
 
     def upsert(self, points: list[PointData]) -> None:
+        self.upsert_records([to_record(p) for p in points])
+
+    def upsert_records(self, records: list[Record]) -> None:
         structs = [
             m.PointStruct(
-                id=p.id,
-                vector={
-                    DENSE: p.vector.tolist(),
-                    BM25: _sparse(bm25_document(p.payload.get("text", ""))),
-                },
-                payload=p.payload,
+                id=r.id, vector={DENSE: r.dense, BM25: _sparse(r.bm25)}, payload=r.payload
             )
-            for p in points
+            for r in records
         ]
         with _translated():
             self._client.upsert(self._collection, structs, wait=True)
+
+    def scroll(
+        self, offset: str | None = None, limit: int = UPGRADE_BATCH
+    ) -> tuple[list[Record], str | None]:
+        with _translated():
+            records, next_offset = self._client.scroll(
+                self._collection, limit=limit, offset=offset, with_payload=True, with_vectors=True
+            )
+        return [_record(r) for r in records], None if next_offset is None else str(next_offset)
+
+    def retrieve(self, ids: list[str]) -> list[Record]:
+        with _translated():
+            records = self._client.retrieve(
+                self._collection, ids, with_payload=True, with_vectors=True
+            )
+        return [_record(r) for r in records]
+
+    def count_by_source(self) -> dict[str, int]:
+        return self._facet("source", None)
 
     def _delete(self, *conditions: m.FieldCondition) -> None:
         with _translated():
@@ -214,12 +249,15 @@ class ServerStore:
             )
         return result.count
 
-    def _paths(self, where: m.Filter | None) -> dict[str, int]:
+    def _facet(self, key: str, where: m.Filter | None) -> dict[str, int]:
         with _translated():
             result = self._client.facet(
-                self._collection, key="path", limit=_FACET_LIMIT, exact=True, facet_filter=where
+                self._collection, key=key, limit=_FACET_LIMIT, exact=True, facet_filter=where
             )
         return {str(h.value): h.count for h in result.hits}
+
+    def _paths(self, where: m.Filter | None) -> dict[str, int]:
+        return self._facet("path", where)
 
     def chunk_counts(self, source: str) -> dict[str, int]:
         return self._paths(m.Filter(must=[_source_is(source)]))
