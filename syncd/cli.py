@@ -9,7 +9,6 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ import structlog
 from syncd import __version__
 from syncd.config import (
     FolderSource,
-    RedisSource,
     Settings,
     check_listen_safe,
     default_config_path,
@@ -29,6 +27,7 @@ from syncd.errors import BackendUnavailable, ConfigError, StoreError, StoreLocke
 from syncd.http import DaemonClient, hits_json
 from syncd.logs import configure_logging
 from syncd.plan import Plan
+from syncd.sources import source_status
 from syncd.state import State
 from syncd.store import MAX_LIMIT, MODES, SearchQuery, parse_where
 
@@ -119,6 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(command=search)
+
+    p = sub.add_parser(
+        "mcp", parents=[common], help="an MCP server on stdio: search, get_document, list_sources"
+    )
+    p.set_defaults(command=mcp)
     return parser
 
 
@@ -245,11 +249,7 @@ def _progress_display(progress: Progress, enabled: bool):
 
 def status(settings: Settings, args: argparse.Namespace) -> int:
     # SQLite (and Redis for queue sources) only, so it works beside a running `syncd run`.
-    state = State(settings.state.path)
-    try:
-        rows = [_source_status(state, s) for s in settings.sources]
-    finally:
-        state.close()
+    rows = asyncio.run(_statuses(settings))
     if args.json:
         print(json.dumps({"sources": rows}, indent=2))
         return EXIT_OK
@@ -268,34 +268,12 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _source_status(state: State, source: FolderSource | RedisSource) -> dict[str, Any]:
-    r = state.status(source.name)
-    row: dict[str, Any] = {
-        "name": r.name,
-        "documents": r.documents,
-        "chunks": r.chunks,
-        "pending": r.pending,
-        "skipped": r.skipped,
-        "last_sync": _iso(r.last_sync),
-        "failed": [{"path": f.path, "reason": f.error, "attempts": f.attempts} for f in r.failed],
-    }
-    if isinstance(source, RedisSource):
-        row["stream"] = asdict(asyncio.run(_stream_status(source)))
-    return row
-
-
-async def _stream_status(source: RedisSource):
-    from syncd.sources.redis_stream import RedisStream
-
-    stream = RedisStream(source)
+async def _statuses(settings: Settings) -> list[dict[str, Any]]:
+    state = State(settings.state.path)
     try:
-        return await stream.status()
+        return [await source_status(state, s) for s in settings.sources]
     finally:
-        await stream.close()
-
-
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
+        state.close()
 
 
 # -- search ---------------------------------------------------------------------------------
@@ -335,4 +313,14 @@ def search(settings: Settings, args: argparse.Namespace) -> int:
         title = f"  {h['title']}" if h.get("title") else ""
         excerpt = " ".join(h["text"].split())[:200]
         print(f"{h['score']:.3f}  {where}{title}\n       {excerpt}")
+    return EXIT_OK
+
+
+# -- mcp ------------------------------------------------------------------------------------
+
+
+def mcp(settings: Settings, args: argparse.Namespace) -> int:
+    from syncd import mcp  # the MCP SDK loads only for this command
+
+    asyncio.run(mcp.serve_stdio(settings))
     return EXIT_OK
