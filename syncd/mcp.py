@@ -1,8 +1,8 @@
 """The MCP tools (search, get_document, list_sources), on stdio (`syncd mcp`) and at /mcp.
 
 The tools read through an `Index`: the daemon itself when it serves /mcp, or, for
-`syncd mcp`, the embedded store opened for each call (so an idle agent never keeps
-`syncd run` from starting) and the daemon's HTTP API whenever the daemon holds it.
+`syncd mcp`, the embedded store (let go when idle, so an agent never keeps `syncd run`
+from starting for long) or the daemon's HTTP API whenever the daemon holds it.
 
 /mcp is the SDK's streamable HTTP app in stateless JSON mode, so each POST is one
 self-contained exchange; `Endpoint` hands it one request already read by the daemon's
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol, TypeVar
@@ -36,6 +37,8 @@ log = structlog.get_logger()
 
 T = TypeVar("T")
 
+# `syncd mcp` lets go of the embedded store after this long without a call.
+IDLE_SECONDS = 10.0
 # Chunks get_document returns at most per call; an agent pages on with `first_chunk`.
 MAX_CHUNKS = 200
 
@@ -184,11 +187,23 @@ def _as_tool_error():
 
 
 class _Direct:
-    """`syncd mcp`'s index: the store opened for each call, or the daemon while it holds it."""
+    """`syncd mcp`'s index: the store itself, or the daemon's HTTP API while it holds it.
+
+    The store stays open while calls keep coming (opening and flushing it costs ~0.2 s)
+    and is let go after IDLE_SECONDS, so an idle agent does not keep `syncd run` waiting.
+    """
 
     def __init__(self, settings: Settings, embedder: Embedder) -> None:
         self.settings = settings
         self.embedder = embedder
+        self._lock = asyncio.Lock()
+        self._held: contextlib.AsyncExitStack | None = None
+        self._engine: Engine | None = None
+        self._releaser: asyncio.Future[None] | None = None
+        self._in_use = 0
+        self._last_use = 0.0
+        #: Until then the daemon is known to hold the store: ask it without trying.
+        self._daemon_until = 0.0
 
     async def search(self, query: SearchQuery) -> list[Hit]:
         async def remote(client: DaemonClient) -> list[Hit]:
@@ -219,23 +234,62 @@ class _Direct:
         local: Callable[[Engine], Awaitable[T]],
         remote: Callable[[DaemonClient], Awaitable[T]],
     ) -> T:
+        engine = None
+        if time.monotonic() >= self._daemon_until:
+            try:
+                engine = await self._open()
+            except StoreLocked:
+                if not self.settings.server.listen:
+                    raise
+                self._daemon_until = time.monotonic() + IDLE_SECONDS
+        if engine is None:
+            return await remote(DaemonClient(self.settings.server))
+        self._in_use += 1
         try:
-            async with opened(self.settings, create=False, embedder=self.embedder) as engine:
-                return await local(engine)
-        except StoreLocked:
-            if not self.settings.server.listen:
-                raise
-        return await remote(DaemonClient(self.settings.server))
+            return await local(engine)
+        finally:
+            self._in_use -= 1
+            self._last_use = time.monotonic()
+
+    async def _open(self) -> Engine:
+        async with self._lock:
+            if self._engine is None:
+                held = contextlib.AsyncExitStack()
+                self._engine = await held.enter_async_context(
+                    opened(self.settings, create=False, embedder=self.embedder)
+                )
+                self._held = held
+                self._releaser = asyncio.ensure_future(self._release_when_idle())
+            return self._engine
+
+    async def _release_when_idle(self) -> None:
+        while self._held is not None:
+            await asyncio.sleep(IDLE_SECONDS)
+            async with self._lock:
+                if not self._in_use and time.monotonic() - self._last_use >= IDLE_SECONDS:
+                    await self._let_go()
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._let_go()
+
+    async def _let_go(self) -> None:
+        """Under the lock, so a new call cannot open the store before it is closed."""
+        held, self._held, self._engine = self._held, None, None
+        if held is not None:
+            await held.aclose()
 
 
 async def serve_stdio(settings: Settings) -> None:
     """`syncd mcp`: serve the tools on stdin/stdout until the client closes them."""
     embedder = make_embedder(settings.embedder)
     await embedder.start()
+    index = _Direct(settings, embedder)
     try:
-        server = build(_Direct(settings, embedder), [s.name for s in settings.sources])
+        server = build(index, [s.name for s in settings.sources])
         await server.run_stdio_async()
     finally:
+        await index.close()
         await embedder.aclose()
 
 
