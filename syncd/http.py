@@ -185,6 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
     mcp: Endpoint | None
     server: _Server
     timeout = REQUEST_TIMEOUT_SECONDS
+    # Headers and body leave in two writes; with Nagle the body waited ~40 ms for the
+    # client's delayed ACK.
+    disable_nagle_algorithm = True
 
     def parse_request(self) -> bool:
         self.server.busy(self.connection)
