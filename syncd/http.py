@@ -256,15 +256,9 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, ConfigError) as e:
             self._error(400, str(e))
             return
-        try:
-            hits = self._on_loop(self.service.search(query), SEARCH_TIMEOUT_SECONDS)
-        except FutureTimeout:
-            self._error(503, "the daemon is busy; try again")
-            return
-        except SyncdError as e:
-            self._error(503, str(e))
-            return
-        self._send(200, "application/json", json.dumps(hits_json(query.text, hits)).encode())
+        hits = self._answer(self.service.search(query))
+        if hits is not None:
+            self._send(200, "application/json", json.dumps(hits_json(query.text, hits)).encode())
 
     def _document(self, params: dict[str, list[str]]) -> None:
         source, path = params.get("source", [None])[0], params.get("path", [None])[0]
@@ -272,8 +266,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, "parameters source and path are required")
         elif source not in self.service.source_names():
             self._error(404, f"no source named {source!r}")
-        else:
-            chunks = self._on_loop(self.service.document(source, path), SEARCH_TIMEOUT_SECONDS)
+        elif (chunks := self._answer(self.service.document(source, path))) is not None:
             body = {"source": source, "path": path, "chunks": chunks}
             self._send(200, "application/json", json.dumps(body).encode())
 
@@ -281,18 +274,15 @@ class _Handler(BaseHTTPRequestHandler):
         if self.mcp is None:
             self._error(404, "no such endpoint: /mcp")
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_MCP_BODY:
-            self._error(413, f"an MCP request is at most {MAX_MCP_BODY} bytes")
+        length = self.headers.get("Content-Length", "0")
+        if not length.isdigit() or int(length) > MAX_MCP_BODY:
+            self._error(413, f"an MCP request has a Content-Length of at most {MAX_MCP_BODY}")
             return
-        body = self.rfile.read(length)
-        try:
-            answer = self._on_loop(
-                self.mcp.handle(self.command, self.path, list(self.headers.items()), body),
-                SEARCH_TIMEOUT_SECONDS,
-            )
-        except FutureTimeout:
-            self._error(503, "the daemon is busy; try again")
+        body = self.rfile.read(int(length))
+        answer = self._answer(
+            self.mcp.handle(self.command, self.path, list(self.headers.items()), body)
+        )
+        if answer is None:
             return
         self.send_response(answer.status)
         for name, value in answer.headers:
@@ -301,6 +291,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(answer.body)))
         self.end_headers()
         self.wfile.write(answer.body)
+
+    def _answer(self, work: Coroutine[Any, Any, T]) -> T | None:
+        """The result of a read on the daemon's loop, or None once a 503 has been sent."""
+        try:
+            return self._on_loop(work, SEARCH_TIMEOUT_SECONDS)
+        except FutureTimeout:
+            self._error(503, "the daemon is busy; try again")
+        except SyncdError as e:
+            self._error(503, str(e))
+        return None
 
     def _on_loop(self, work: Coroutine[Any, Any, T], timeout: float | None) -> T:
         return asyncio.run_coroutine_threadsafe(work, self.service.loop).result(timeout)

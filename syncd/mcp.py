@@ -30,6 +30,7 @@ from syncd.embedders import Embedder, make_embedder
 from syncd.engine import Engine, opened
 from syncd.errors import StoreLocked, SyncdError
 from syncd.http import DaemonClient
+from syncd.sources import source_status
 from syncd.state import State
 from syncd.store import MAX_LIMIT, Hit, Mode, SearchQuery
 
@@ -220,8 +221,6 @@ class _Direct:
         return await self._either(lambda engine: engine.document(source, path), remote)
 
     async def sources(self) -> list[dict[str, Any]]:
-        from syncd.sources import source_status
-
         # SQLite only, as `syncd status`: it works beside the daemon.
         state = State(self.settings.state.path)
         try:
