@@ -8,7 +8,6 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,10 +18,9 @@ from syncd.store import MAX_LIMIT, MODES
 # client) is imported by the code that uses it: `--version` answers from argparse alone and
 # `status` without loading numpy, qdrant-client or the embedders.
 if TYPE_CHECKING:
-    from syncd.config import FolderSource, RedisSource, Settings
+    from syncd.config import Settings
     from syncd.engine import Progress, Report
     from syncd.plan import Plan
-    from syncd.state import State
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
 
@@ -136,6 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(command=migrate)
+
+    p = sub.add_parser(
+        "mcp", parents=[common], help="an MCP server on stdio: search, get_document, list_sources"
+    )
+    p.set_defaults(command=mcp)
     return parser
 
 
@@ -294,13 +297,9 @@ def _progress_display(progress: Progress, enabled: bool):
 
 def status(settings: Settings, args: argparse.Namespace) -> int:
     # SQLite (and Redis for queue sources) only, so it works beside a running `syncd run`.
-    from syncd.state import State
+    import asyncio
 
-    state = State(settings.state.path)
-    try:
-        rows = [_source_status(state, s) for s in settings.sources]
-    finally:
-        state.close()
+    rows = asyncio.run(_statuses(settings))
     if args.json:
         print(json.dumps({"sources": rows}, indent=2))
         return EXIT_OK
@@ -319,38 +318,15 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _source_status(state: State, source: FolderSource | RedisSource) -> dict[str, Any]:
-    from syncd.config import RedisSource
+async def _statuses(settings: Settings) -> list[dict[str, Any]]:
+    from syncd.sources import source_status
+    from syncd.state import State
 
-    r = state.status(source.name)
-    row: dict[str, Any] = {
-        "name": r.name,
-        "documents": r.documents,
-        "chunks": r.chunks,
-        "pending": r.pending,
-        "skipped": r.skipped,
-        "last_sync": _iso(r.last_sync),
-        "failed": [{"path": f.path, "reason": f.error, "attempts": f.attempts} for f in r.failed],
-    }
-    if isinstance(source, RedisSource):
-        import asyncio
-
-        row["stream"] = asdict(asyncio.run(_stream_status(source)))
-    return row
-
-
-async def _stream_status(source: RedisSource):
-    from syncd.sources.redis_stream import RedisStream
-
-    stream = RedisStream(source)
+    state = State(settings.state.path)
     try:
-        return await stream.status()
+        return [await source_status(state, s) for s in settings.sources]
     finally:
-        await stream.close()
-
-
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
+        state.close()
 
 
 # -- search ---------------------------------------------------------------------------------
@@ -426,4 +402,16 @@ def migrate(settings: Settings, args: argparse.Namespace) -> int:
         f"verified the counts of {len(report.counts)} sources and {report.sampled} points"
     )
     print(migration.config_change(settings, report, with_key=api_key is not None))
+    return EXIT_OK
+
+
+# -- mcp ------------------------------------------------------------------------------------
+
+
+def mcp(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from syncd import mcp  # the MCP SDK loads only for this command
+
+    asyncio.run(mcp.serve_stdio(settings))
     return EXIT_OK

@@ -18,12 +18,12 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
 from syncd import metrics
-from syncd.config import FolderSource, RedisSource, Settings
+from syncd.config import FolderSource, RedisSource, Settings, parse_listen
 from syncd.engine import Engine, Report, opened
 from syncd.errors import BackendUnavailable, ConfigError, SyncdError
 from syncd.http import HealthServer
@@ -119,6 +119,12 @@ class Daemon:
 
     async def search(self, query: SearchQuery) -> list[Hit]:
         return await self.engine.search(query)
+
+    async def document(self, source: str, path: str) -> list[dict[str, Any]]:
+        return await self.engine.document(source, path)
+
+    async def sources(self) -> list[dict[str, Any]]:
+        return await self.engine.sources()
 
     async def resync(self, names: list[str] | None = None, retry_failed: bool = True) -> Report:
         """Reconcile these sources (all by default) now; also what `POST /resync` runs."""
@@ -267,9 +273,17 @@ async def run(settings: Settings, handle_signals: bool = True) -> None:
 
 
 async def _serve(settings: Settings, stop: asyncio.Event, notifier: Notifier) -> None:
-    async with opened(settings) as engine:
+    async with opened(settings) as engine, contextlib.AsyncExitStack() as serving:
         daemon = Daemon(settings, engine)
-        server = HealthServer.start(settings.server, daemon) if settings.server.listen else None
+        server = None
+        if settings.server.listen:
+            from syncd import mcp  # the MCP SDK is imported only where it is served
+
+            host, _ = parse_listen(settings.server.listen)
+            endpoint = await serving.enter_async_context(
+                mcp.serving(daemon, daemon.source_names(), host)
+            )
+            server = HealthServer.start(settings.server, daemon, endpoint)
         # The engine stops taking documents as soon as a signal arrives.
         stopping = asyncio.ensure_future(_relay(stop, engine.stopping))
         watchdog = asyncio.ensure_future(notifier.keep_alive())

@@ -28,7 +28,7 @@ from syncd.extract import Extracted
 from syncd.extract_pool import ExtractPool
 from syncd.plan import Delete, Plan, Upsert, folder_plan, repair_plan, text_hash
 from syncd.rebuild import Rebuilt, rebuild_state
-from syncd.sources import folder
+from syncd.sources import folder, source_status
 from syncd.state import State, Synced, open_state
 from syncd.store import Hit, Identity, PointData, SearchQuery, Store, open_store, point_id
 
@@ -188,6 +188,16 @@ class Engine:
             (vector,) = await self.embedder.embed([query.text], "query")
             query = replace(query, dense=vector)
         return await asyncio.to_thread(self.store.search, query)
+
+    async def document(self, source: str, path: str) -> list[dict[str, Any]]:
+        """The payloads of a document's points in chunk order; [] if it has none."""
+        if self.store is None:
+            return []
+        return await asyncio.to_thread(self.store.document, source, path)
+
+    async def sources(self) -> list[dict[str, Any]]:
+        """Every source's `syncd status` row."""
+        return [await source_status(self.state, s) for s in self.settings.sources]
 
     # -- deleting ---------------------------------------------------------------------------
 

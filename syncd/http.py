@@ -1,8 +1,8 @@
-"""The daemon's HTTP surface (/livez /readyz /metrics /search /resync) and the client the
-CLI uses to ask a running daemon.
+"""The daemon's HTTP surface (/livez /readyz /metrics /search /document /resync /mcp) and
+the client the CLI uses to ask a running daemon.
 
-/search and /resync let `syncd search` and `syncd resync` work while the daemon holds the
-embedded store, which allows one process. Requests are served in threads and talk to a
+/search, /document and /resync let `syncd search`, `syncd mcp` and `syncd resync` work
+while the daemon holds the embedded store, which allows one process. Requests are served in threads and talk to a
 small `Service`; its coroutines run on the daemon's event loop, the only place that
 touches the engine.
 
@@ -25,7 +25,7 @@ from collections.abc import Coroutine
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.error import HTTPError
 from urllib.parse import parse_qs, urlencode, urlsplit
 from urllib.request import Request, urlopen
@@ -40,6 +40,9 @@ from syncd.engine import Report
 from syncd.errors import BackendUnavailable, ConfigError, SyncdError
 from syncd.store import Hit, SearchQuery, parse_where
 
+if TYPE_CHECKING:
+    from syncd.mcp import Endpoint
+
 log = structlog.get_logger()
 
 T = TypeVar("T")
@@ -52,6 +55,8 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 MAX_CONNECTIONS = 64
 # Paths a prober may reach without the token.
 OPEN_PATHS = ("/livez", "/readyz")
+# An MCP request is one JSON-RPC message; nothing an agent sends comes near this.
+MAX_MCP_BODY = 1 << 20
 
 
 class Service(Protocol):
@@ -64,6 +69,8 @@ class Service(Protocol):
     def source_names(self) -> list[str]: ...
 
     async def search(self, query: SearchQuery) -> list[Hit]: ...
+
+    async def document(self, source: str, path: str) -> list[dict[str, Any]]: ...
 
     async def resync(self, names: list[str] | None = None) -> Report: ...
 
@@ -156,9 +163,11 @@ class HealthServer:
         self._thread.start()
 
     @classmethod
-    def start(cls, config: ServerConfig, service: Service) -> HealthServer:
+    def start(
+        cls, config: ServerConfig, service: Service, mcp: Endpoint | None = None
+    ) -> HealthServer:
         address = parse_listen(config.listen)
-        handler = type("Handler", (_Handler,), {"service": service})
+        handler = type("Handler", (_Handler,), {"service": service, "mcp": mcp})
         try:
             server = _Server(address, handler, config)
         except OSError as e:
@@ -175,8 +184,12 @@ class HealthServer:
 
 class _Handler(BaseHTTPRequestHandler):
     service: Service
+    mcp: Endpoint | None
     server: _Server
     timeout = REQUEST_TIMEOUT_SECONDS
+    # Headers and body leave in two writes; with Nagle the body waited ~40 ms for the
+    # client's delayed ACK.
+    disable_nagle_algorithm = True
 
     def parse_request(self) -> bool:
         self.server.busy(self.connection)
@@ -196,12 +209,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, CONTENT_TYPE_LATEST, generate_latest(metrics.REGISTRY))
         elif url.path == "/search":
             self._search(parse_qs(url.query))
+        elif url.path == "/document":
+            self._document(parse_qs(url.query))
+        elif url.path == "/mcp":
+            self._mcp()
         else:
             self._error(404, f"no such endpoint: {url.path}")
 
     def do_POST(self) -> None:
         url = urlsplit(self.path)
         if not self._allowed(url.path):
+            return
+        if url.path == "/mcp":
+            self._mcp()
             return
         if url.path != "/resync":
             self._error(404, f"no such endpoint: {url.path}")
@@ -213,6 +233,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         report = self._on_loop(self.service.resync(names), timeout=None)
         self._send(200, "application/json", json.dumps(asdict(report)).encode())
+
+    def do_DELETE(self) -> None:
+        url = urlsplit(self.path)
+        if self._allowed(url.path):
+            if url.path == "/mcp":
+                self._mcp()
+            else:
+                self._error(404, f"no such endpoint: {url.path}")
 
     def _allowed(self, path: str) -> bool:
         token = self.server.config.bearer_token()
@@ -230,15 +258,51 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, ConfigError) as e:
             self._error(400, str(e))
             return
+        hits = self._answer(self.service.search(query))
+        if hits is not None:
+            self._send(200, "application/json", json.dumps(hits_json(query.text, hits)).encode())
+
+    def _document(self, params: dict[str, list[str]]) -> None:
+        source, path = params.get("source", [None])[0], params.get("path", [None])[0]
+        if not source or not path:
+            self._error(400, "parameters source and path are required")
+        elif source not in self.service.source_names():
+            self._error(404, f"no source named {source!r}")
+        elif (chunks := self._answer(self.service.document(source, path))) is not None:
+            body = {"source": source, "path": path, "chunks": chunks}
+            self._send(200, "application/json", json.dumps(body).encode())
+
+    def _mcp(self) -> None:
+        if self.mcp is None:
+            self._error(404, "no such endpoint: /mcp")
+            return
+        length = self.headers.get("Content-Length", "0")
+        if not length.isdigit() or int(length) > MAX_MCP_BODY:
+            self._error(413, f"an MCP request has a Content-Length of at most {MAX_MCP_BODY}")
+            return
+        body = self.rfile.read(int(length))
+        answer = self._answer(
+            self.mcp.handle(self.command, self.path, list(self.headers.items()), body)
+        )
+        if answer is None:
+            return
+        self.send_response(answer.status)
+        for name, value in answer.headers:
+            if name.lower() != "content-length":
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(answer.body)))
+        self.end_headers()
+        self.wfile.write(answer.body)
+
+    def _answer(self, work: Coroutine[Any, Any, T]) -> T | None:
+        """The result of a read on the daemon's loop, or None once a 503 has been sent."""
         try:
-            hits = self._on_loop(self.service.search(query), SEARCH_TIMEOUT_SECONDS)
+            return self._on_loop(work, SEARCH_TIMEOUT_SECONDS)
         except FutureTimeout:
             self._error(503, "the daemon is busy; try again")
-            return
         except SyncdError as e:
             self._error(503, str(e))
-            return
-        self._send(200, "application/json", json.dumps(hits_json(query.text, hits)).encode())
+        return None
 
     def _on_loop(self, work: Coroutine[Any, Any, T], timeout: float | None) -> T:
         return asyncio.run_coroutine_threadsafe(work, self.service.loop).result(timeout)
@@ -281,6 +345,10 @@ class DaemonClient:
             "where": [f"{k}={v}" for k, v in query.where.items()],
         }
         return self._ask("/search", params)
+
+    def document(self, source: str, path: str) -> list[dict[str, Any]]:
+        """The payloads of the document's points in chunk order; [] if it has none."""
+        return self._ask("/document", {"source": source, "path": path})["chunks"]
 
     def _ask(self, path: str, params: dict[str, Any], method: str = "GET") -> dict[str, Any]:
         query = urlencode({k: v for k, v in params.items() if v is not None}, doseq=True)
