@@ -25,7 +25,14 @@ from syncd.config import (
     load_config,
 )
 from syncd.engine import Progress, Report, opened
-from syncd.errors import BackendUnavailable, ConfigError, StoreError, StoreLocked, SyncdError
+from syncd.errors import (
+    BackendUnavailable,
+    ConfigError,
+    SourceUnavailable,
+    StoreError,
+    StoreLocked,
+    SyncdError,
+)
 from syncd.http import DaemonClient, hits_json
 from syncd.logs import configure_logging
 from syncd.plan import Plan
@@ -90,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="only this source")
     p.add_argument("--force", action="store_true", help="re-chunk and re-embed everything")
     p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    p.add_argument(
+        "--allow-delete",
+        action="store_true",
+        help="apply deletions held back by the mass-deletion guard or an empty source root",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(command=resync)
 
@@ -119,6 +131,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(command=search)
+
+    p = sub.add_parser(
+        "verify", parents=[common], help="audit every point against the state and the files"
+    )
+    p.add_argument("--source", help="only this source")
+    p.add_argument("--repair", action="store_true", help="fix the drift found, from cached vectors")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(command=verify)
     return parser
 
 
@@ -139,15 +159,17 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 def resync(settings: Settings, args: argparse.Namespace) -> int:
     sources = [settings.source(args.source)] if args.source else settings.sources
     if args.dry_run:
-        return _dry_run(settings, sources, args.json)
+        return _dry_run(settings, sources, args.json, args.allow_delete)
     progress = Progress()
     try:
         with _progress_display(progress, enabled=not args.json):
-            report = asyncio.run(_resync(settings, sources, args.force, progress))
+            report = asyncio.run(
+                _resync(settings, sources, args.force, progress, args.allow_delete)
+            )
     except StoreLocked:
         if args.force or not settings.server.listen:
             raise
-        report = DaemonClient(settings.server).resync(args.source)
+        report = DaemonClient(settings.server).resync(args.source, args.allow_delete)
     if args.json:
         print(json.dumps(asdict(report), indent=2))
     else:
@@ -158,20 +180,40 @@ def resync(settings: Settings, args: argparse.Namespace) -> int:
         )
     for f in report.failures:
         print(f"failed: {f.source}/{f.path}: {f.reason}", file=sys.stderr)
-    return EXIT_FAILED if report.failed else EXIT_OK
+    for u in report.unlisted:
+        print(f"unlisted (its documents are kept): {u}", file=sys.stderr)
+    if report.held:
+        print(
+            f"held back {report.held} deletions (more than a source's max_delete_fraction); "
+            "review them with `syncd resync --dry-run`, apply them with "
+            "`syncd resync --allow-delete`",
+            file=sys.stderr,
+        )
+    if report.unavailable:
+        raise SourceUnavailable(
+            "; ".join(report.unavailable.values()),
+            hint="mount the folder again, or confirm as above",
+        )
+    return EXIT_FAILED if report.failed or report.held or report.unlisted else EXIT_OK
 
 
-async def _resync(settings: Settings, sources: list, force: bool, progress: Progress) -> Report:
+async def _resync(
+    settings: Settings, sources: list, force: bool, progress: Progress, allow_delete: bool
+) -> Report:
     rebuild = force and len(sources) == len(settings.sources)
     async with opened(settings, rebuild=rebuild, progress=progress) as engine:
-        return await engine.resync(sources, force)
+        return await engine.resync(sources, force, allow_delete=allow_delete)
 
 
-def _dry_run(settings: Settings, sources: list, as_json: bool) -> int:
+def _dry_run(settings: Settings, sources: list, as_json: bool, allow_delete: bool) -> int:
     async def plan() -> list[Plan]:
         async with opened(settings, create=False) as engine:
             # A queue has no plan to show: its resync only re-checks the store.
-            return [engine.plan(s) for s in sources if isinstance(s, FolderSource)]
+            return [
+                engine.plan(s, allow_delete=allow_delete)
+                for s in sources
+                if isinstance(s, FolderSource)
+            ]
 
     plans = [p.summary() for p in asyncio.run(plan())]
     if as_json:
@@ -182,9 +224,11 @@ def _dry_run(settings: Settings, sources: list, as_json: bool) -> int:
             f"{p['source']}: {len(p['add'])} to add, {len(p['update'])} to update, "
             f"{len(p['delete'])} to delete, {p['unchanged']} unchanged"
         )
-        for label in ("add", "update", "delete"):
+        for label in ("add", "update", "delete", "held"):
             for path in p[label]:
                 print(f"  {label:<6} {path}")
+        for directory, error in p["unlisted"].items():
+            print(f"  unlisted {directory or '.'}: {error}")
     return EXIT_OK
 
 
@@ -265,6 +309,13 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
             )
         for f in r["failed"]:
             print(f"  failed {f['path']}: {f['reason']} (attempts: {f['attempts']})")
+        for u in r["unlisted"]:
+            print(f"  unlisted {u['path']}: {u['error']} (its documents are kept)")
+        if r["held_deletions"]:
+            print(
+                f"  {len(r['held_deletions'])} deletions held; apply with "
+                f"`syncd resync --source {r['name']} --allow-delete`"
+            )
     return EXIT_OK
 
 
@@ -278,6 +329,8 @@ def _source_status(state: State, source: FolderSource | RedisSource) -> dict[str
         "skipped": r.skipped,
         "last_sync": _iso(r.last_sync),
         "failed": [{"path": f.path, "reason": f.error, "attempts": f.attempts} for f in r.failed],
+        "unlisted": [{"path": p or ".", "error": e} for p, e in r.unlisted.items()],
+        "held_deletions": r.held_deletions,
     }
     if isinstance(source, RedisSource):
         row["stream"] = asdict(asyncio.run(_stream_status(source)))
@@ -336,3 +389,35 @@ def search(settings: Settings, args: argparse.Namespace) -> int:
         excerpt = " ".join(h["text"].split())[:200]
         print(f"{h['score']:.3f}  {where}{title}\n       {excerpt}")
     return EXIT_OK
+
+
+# -- verify ---------------------------------------------------------------------------------
+
+
+def verify(settings: Settings, args: argparse.Namespace) -> int:
+    from syncd.verify import Audit, audit
+
+    sources = [settings.source(args.source)] if args.source else settings.sources
+
+    async def run() -> Audit:
+        async with opened(settings, create=False) as engine:
+            if engine.store is None:  # no collection yet: nothing can have drifted
+                return Audit()
+            return await audit(engine, sources, repair=args.repair)
+
+    try:
+        result = asyncio.run(run())
+    except StoreLocked as e:
+        e.hint = "`syncd run` repairs drift itself every watch.verify_interval_seconds"
+        raise
+    if args.json:
+        print(json.dumps({**asdict(result), "clean": result.clean}, indent=2))
+    else:
+        counts = ", ".join(f"{n} {kind}" for kind, n in result.drift.items())
+        print(
+            f"{result.points} points checked: {counts}; {len(result.pending)} documents "
+            f"pending{'; repaired' if result.repaired else ''} ({result.seconds:.1f}s)"
+        )
+        for d in result.listed:
+            print(f"{d.kind}: {d.source}/{d.path}: {d.detail}", file=sys.stderr)
+    return EXIT_OK if result.clean or args.repair else EXIT_FAILED

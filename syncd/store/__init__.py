@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -53,6 +53,16 @@ class PointData:
     id: str
     vector: np.ndarray
     payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredPoint:
+    """A point as the store holds it, for `syncd verify`."""
+
+    id: str
+    payload: dict[str, Any]
+    #: Length of its dense vector (0: it has none).
+    dimension: int
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,13 @@ def parse_where(pairs: Iterable[str]) -> dict[str, str]:
     return where
 
 
+def dense_size(vector: Any) -> int:
+    """Length of the dense vector in what a scroll returns (named vectors or one list)."""
+    if isinstance(vector, dict):
+        vector = vector.get(DENSE)
+    return len(vector) if vector is not None else 0
+
+
 def bm25_document(text: str) -> qe.SparseVector:
     return _bm25.embed_document(text)
 
@@ -193,6 +210,12 @@ class Store(Protocol):
     def document(self, source: str, path: str) -> list[dict[str, Any]]:
         """The payloads of one document's points in chunk order."""
         ...
+
+    def points(self, source: str) -> Iterator[StoredPoint]:
+        """Every point of one source, fetched a page at a time (memory stays flat)."""
+        ...
+
+    def delete_points(self, ids: list[str]) -> None: ...
 
     def close(self) -> None: ...
 
