@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -209,32 +208,27 @@ def test_daemon_waits_out_an_unmounted_source_and_holds_mass_deletions(docs, mak
     daemon = make_daemon(watch={"debounce_seconds": 0.2, "rescan_interval_seconds": 1})
     project = daemon.root
     daemon.start().wait_ready()
-    try:
-        docs.rename(project / "away")
-        docs.mkdir()
-        wait_until(lambda: get(daemon.url("/readyz"))[0] == 503, 30, "readyz 503 while unmounted")
-        assert daemon.proc.poll() is None and daemon.status()["documents"] == 20
-        docs.rmdir()
-        (project / "away").rename(docs)
-        daemon.wait_ready(timeout=60)
+    docs.rename(project / "away")
+    docs.mkdir()
+    wait_until(lambda: get(daemon.url("/readyz"))[0] == 503, 30, "readyz 503 while unmounted")
+    assert daemon.proc.poll() is None and daemon.status()["documents"] == 20
+    docs.rmdir()
+    (project / "away").rename(docs)
+    daemon.wait_ready(timeout=60)
 
-        for i in range(12):
-            (docs / f"n{i:02}.txt").unlink()
-        wait_until(lambda: len(daemon.status()["held_deletions"]) == 12, 30, "deletions held")
-        metrics = get(daemon.url("/metrics"))[1]
-        assert 'syncd_held_deletions{source="docs"} 12.0' in metrics
-        assert daemon.status()["documents"] == 20
+    for i in range(12):
+        (docs / f"n{i:02}.txt").unlink()
+    wait_until(lambda: len(daemon.status()["held_deletions"]) == 12, 30, "deletions held")
+    metrics = get(daemon.url("/metrics"))[1]
+    assert 'syncd_held_deletions{source="docs"} 12.0' in metrics
+    assert daemon.status()["documents"] == 20
 
-        out = syncd(project, "resync", "--allow-delete")  # through POST /resync?allow_delete=1
-        assert out.returncode == 0, out.stderr
-        assert "deleted 12" in out.stdout
-        assert daemon.status()["documents"] == 8 and daemon.status()["held_deletions"] == []
-        daemon.proc.send_signal(signal.SIGTERM)
-        _, log = daemon.proc.communicate(timeout=10)
-        assert daemon.proc.returncode == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
+    out = syncd(project, "resync", "--allow-delete")  # through POST /resync?allow_delete=1
+    assert out.returncode == 0, out.stderr
+    assert "deleted 12" in out.stdout
+    assert daemon.status()["documents"] == 8 and daemon.status()["held_deletions"] == []
+    code, log = daemon.stop_with_log()
+    assert code == 0
     assert "source_unavailable" in log and "deletions_held" in log
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import uuid
@@ -122,18 +121,13 @@ def test_daemon_repairs_drift_on_its_verify_interval(project, make_daemon):
         shard.put(str(uuid.uuid4()), records[1].vector, records[1].payload)
     daemon = make_daemon(watch={"debounce_seconds": 0.2, "verify_interval_seconds": 1})
     daemon.start().wait_ready()
-    try:
-        wait_until(
-            lambda: 'syncd_drift_points{kind="missing"}' in get(daemon.url("/metrics"))[1],
-            30,
-            "a verify ran",
-        )
-        daemon.proc.send_signal(signal.SIGTERM)
-        _, log = daemon.proc.communicate(timeout=10)
-        assert daemon.proc.returncode == 0
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
+    wait_until(
+        lambda: 'syncd_drift_points{kind="missing"}' in get(daemon.url("/metrics"))[1],
+        30,
+        "a verify ran",
+    )
+    code, log = daemon.stop_with_log()
+    assert code == 0
     events = [json.loads(line) for line in log.splitlines() if "verify_finished" in line]
     assert (events[0]["missing"], events[0]["stray"], events[0]["repaired"]) == (1, 1, True)
     code, after = verify_json(project)
