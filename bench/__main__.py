@@ -49,6 +49,7 @@ def main() -> None:
         "local_embedder": lambda w: scenarios.local_embedder(w, 5 if q else 60),
         "noop_reconcile": lambda w: scenarios.noop_reconcile(w, sizes),
         "incremental": lambda w: scenarios.incremental(w, sizes[-2]),
+        "verify": lambda w: scenarios.verify(w, sizes[-1]),
         "freshness": lambda w: scenarios.freshness(w, 3 if q else 20),
         "rate_limit": lambda w: scenarios.rate_limit(3 if q else 25, rpm=600 if q else 60),
         "redis_queue": lambda w: scenarios.redis_queue(
@@ -199,6 +200,16 @@ def table(r: dict) -> str:
             f"{inc['edited']} files edited",
         )
     )
+    v = r.get("verify")
+    if v:
+        rows.append(
+            (
+                f"verify {v['points']:,} points",
+                f"{v['seconds']:.1f} s, peak {v['peak_rss_mb']:.0f} MB",
+                "",
+                f"target <= {v['target_seconds']} s",
+            )
+        )
     f = r["freshness"]
     rows.append(
         (

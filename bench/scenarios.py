@@ -171,6 +171,24 @@ def incremental(work: Path, files: int) -> dict[str, Any]:
     }
 
 
+def verify(work: Path, files: int) -> dict[str, Any]:
+    """`syncd verify` over every point of a store (scenario 3's tree when it ran, else one
+    built here): seconds and peak RSS of the command."""
+    root = work.parent / "noop_reconcile" / f"noop-{files}"
+    if not (root / "config.yaml").exists():
+        root = work / f"verify-{files}"
+        write_corpus(root / "docs", files, paragraphs=1, words=20)
+    api = FakeEmbedAPI(dimension=64).start()
+    try:
+        settings(root, embedder=ai21(api, max_concurrency=2))
+        syncd("resync", config=root / "config.yaml")
+    finally:
+        api.stop()
+    # The embedder is not asked: its dimension was recorded by the sync.
+    seconds, rss = syncd("verify", config=root / "config.yaml")
+    return {"points": files, "seconds": seconds, "peak_rss_mb": rss, "target_seconds": 15}
+
+
 def freshness(work: Path, samples: int) -> dict[str, Any]:
     """5. Write → searchable under `syncd run`, local model, default debounce (1 s)."""
     root = work / "fresh"

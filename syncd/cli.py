@@ -11,7 +11,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from syncd.errors import BackendUnavailable, ConfigError, StoreError, StoreLocked, SyncdError
+from syncd.errors import (
+    BackendUnavailable,
+    ConfigError,
+    SourceUnavailable,
+    StoreError,
+    StoreLocked,
+    SyncdError,
+)
 from syncd.store import MAX_LIMIT, MODES
 
 # Everything heavier (pydantic, asyncio, structlog, numpy, the engine, the stores, the HTTP
@@ -81,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="only this source")
     p.add_argument("--force", action="store_true", help="re-chunk and re-embed everything")
     p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    p.add_argument(
+        "--allow-delete",
+        action="store_true",
+        help="apply deletions held back by the mass-deletion guard or an empty source root",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(command=resync)
 
@@ -139,6 +151,14 @@ def _parser() -> argparse.ArgumentParser:
         "mcp", parents=[common], help="an MCP server on stdio: search, get_document, list_sources"
     )
     p.set_defaults(command=mcp)
+
+    p = sub.add_parser(
+        "verify", parents=[common], help="audit every point against the state and the files"
+    )
+    p.add_argument("--source", help="only this source")
+    p.add_argument("--repair", action="store_true", help="fix the drift found, from cached vectors")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(command=verify)
     return parser
 
 
@@ -177,17 +197,19 @@ def resync(settings: Settings, args: argparse.Namespace) -> int:
 
     sources = [settings.source(args.source)] if args.source else settings.sources
     if args.dry_run:
-        return _dry_run(settings, sources, args.json)
+        return _dry_run(settings, sources, args.json, args.allow_delete)
     progress = Progress()
     try:
         with _progress_display(progress, enabled=not args.json):
-            report = asyncio.run(_resync(settings, sources, args.force, progress))
+            report = asyncio.run(
+                _resync(settings, sources, args.force, progress, args.allow_delete)
+            )
     except StoreLocked:
         if args.force or not settings.server.listen:
             raise
         from syncd.http import DaemonClient
 
-        report = DaemonClient(settings.server).resync(args.source)
+        report = DaemonClient(settings.server).resync(args.source, args.allow_delete)
     if args.json:
         print(json.dumps(asdict(report), indent=2))
     else:
@@ -198,20 +220,36 @@ def resync(settings: Settings, args: argparse.Namespace) -> int:
         )
     for f in report.failures:
         print(f"failed: {f.source}/{f.path}: {f.reason}", file=sys.stderr)
-    return EXIT_FAILED if report.failed else EXIT_OK
+    for u in report.unlisted:
+        print(f"unlisted (its documents are kept): {u}", file=sys.stderr)
+    if report.held:
+        print(
+            f"held back {report.held} deletions (more than a source's max_delete_fraction); "
+            "review them with `syncd resync --dry-run`, apply them with "
+            "`syncd resync --allow-delete`",
+            file=sys.stderr,
+        )
+    if report.unavailable:
+        raise SourceUnavailable(
+            "; ".join(report.unavailable.values()),
+            hint="mount the folder again, or confirm as above",
+        )
+    return EXIT_FAILED if report.failed or report.held or report.unlisted else EXIT_OK
 
 
-async def _resync(settings: Settings, sources: list, force: bool, progress: Progress) -> Report:
+async def _resync(
+    settings: Settings, sources: list, force: bool, progress: Progress, allow_delete: bool
+) -> Report:
     from syncd.engine import opened
 
     rebuild = force and len(sources) == len(settings.sources)
     async with opened(settings, rebuild=rebuild, progress=progress) as engine:
         if engine.rebuilt:
             print(engine.rebuilt.describe(), file=sys.stderr)
-        return await engine.resync(sources, force)
+        return await engine.resync(sources, force, allow_delete=allow_delete)
 
 
-def _dry_run(settings: Settings, sources: list, as_json: bool) -> int:
+def _dry_run(settings: Settings, sources: list, as_json: bool, allow_delete: bool) -> int:
     import asyncio
 
     from syncd.config import FolderSource
@@ -220,7 +258,11 @@ def _dry_run(settings: Settings, sources: list, as_json: bool) -> int:
     async def plan() -> list[Plan]:
         async with opened(settings, create=False) as engine:
             # A queue has no plan to show: its resync only re-checks the store.
-            return [engine.plan(s) for s in sources if isinstance(s, FolderSource)]
+            return [
+                engine.plan(s, allow_delete=allow_delete)
+                for s in sources
+                if isinstance(s, FolderSource)
+            ]
 
     plans = [p.summary() for p in asyncio.run(plan())]
     if as_json:
@@ -231,9 +273,11 @@ def _dry_run(settings: Settings, sources: list, as_json: bool) -> int:
             f"{p['source']}: {len(p['add'])} to add, {len(p['update'])} to update, "
             f"{len(p['delete'])} to delete, {p['unchanged']} unchanged"
         )
-        for label in ("add", "update", "delete"):
+        for label in ("add", "update", "delete", "held"):
             for path in p[label]:
                 print(f"  {label:<6} {path}")
+        for directory, error in p["unlisted"].items():
+            print(f"  unlisted {directory or '.'}: {error}")
     return EXIT_OK
 
 
@@ -315,6 +359,13 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
             )
         for f in r["failed"]:
             print(f"  failed {f['path']}: {f['reason']} (attempts: {f['attempts']})")
+        for u in r["unlisted"]:
+            print(f"  unlisted {u['path']}: {u['error']} (its documents are kept)")
+        if r["held_deletions"]:
+            print(
+                f"  {len(r['held_deletions'])} deletions held; apply with "
+                f"`syncd resync --source {r['name']} --allow-delete`"
+            )
     return EXIT_OK
 
 
@@ -415,3 +466,38 @@ def mcp(settings: Settings, args: argparse.Namespace) -> int:
 
     asyncio.run(mcp.serve_stdio(settings))
     return EXIT_OK
+
+
+# -- verify ---------------------------------------------------------------------------------
+
+
+def verify(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from syncd.engine import opened
+    from syncd.verify import Audit, audit
+
+    sources = [settings.source(args.source)] if args.source else settings.sources
+
+    async def run() -> Audit:
+        async with opened(settings, create=False) as engine:
+            if engine.store is None:  # no collection yet: nothing can have drifted
+                return Audit()
+            return await audit(engine, sources, repair=args.repair)
+
+    try:
+        result = asyncio.run(run())
+    except StoreLocked as e:
+        e.hint = "`syncd run` repairs drift itself every watch.verify_interval_seconds"
+        raise
+    if args.json:
+        print(json.dumps({**asdict(result), "clean": result.clean}, indent=2))
+    else:
+        counts = ", ".join(f"{n} {kind}" for kind, n in result.drift.items())
+        print(
+            f"{result.points} points checked: {counts}; {len(result.pending)} documents "
+            f"pending{'; repaired' if result.repaired else ''} ({result.seconds:.1f}s)"
+        )
+        for d in result.listed:
+            print(f"{d.kind}: {d.source}/{d.path}: {d.detail}", file=sys.stderr)
+    return EXIT_OK if result.clean or args.repair else EXIT_FAILED

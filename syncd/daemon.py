@@ -25,7 +25,7 @@ import structlog
 from syncd import metrics
 from syncd.config import FolderSource, RedisSource, Settings, parse_listen
 from syncd.engine import Engine, Report, opened
-from syncd.errors import BackendUnavailable, ConfigError, SyncdError
+from syncd.errors import BackendUnavailable, ConfigError, SourceUnavailable, SyncdError
 from syncd.http import HealthServer
 from syncd.memory import trim_heap
 from syncd.notify import Notifier
@@ -39,6 +39,8 @@ T = TypeVar("T")
 
 # A backend outage is retried with a growing pause, up to this.
 MAX_BACKOFF_SECONDS = 60.0
+# A source that looks unmounted is rescanned this often until it is back.
+UNAVAILABLE_RETRY_SECONDS = 15.0
 # Shutdown waits this long for in-flight work before giving up on it.
 SHUTDOWN_GRACE_SECONDS = 8.0
 
@@ -104,6 +106,8 @@ class Daemon:
         self.healthy = True
         #: Queue sources whose consumer is down (restarting with backoff).
         self.consumers_down: set[str] = set()
+        #: Why folder sources look unmounted (nothing of them is deleted meanwhile).
+        self.unavailable: dict[str, str] = {}
         # The engine applies one plan at a time: rescans, hints, queue batches, /resync.
         self.busy = asyncio.Lock()
 
@@ -112,7 +116,13 @@ class Daemon:
     def ready(self) -> bool:
         # A remote embedder retrying an outage has not failed the sync yet, but is down.
         embedder_down = self.engine.embedder.failing_since is not None
-        return self.started and self.healthy and not self.consumers_down and not embedder_down
+        return (
+            self.started
+            and self.healthy
+            and not self.consumers_down
+            and not self.unavailable
+            and not embedder_down
+        )
 
     def source_names(self) -> list[str]:
         return [s.name for s in self.settings.sources]
@@ -126,11 +136,19 @@ class Daemon:
     async def sources(self) -> list[dict[str, Any]]:
         return await self.engine.sources()
 
-    async def resync(self, names: list[str] | None = None, retry_failed: bool = True) -> Report:
+    async def resync(
+        self, names: list[str] | None = None, retry_failed: bool = True, allow_delete: bool = False
+    ) -> Report:
         """Reconcile these sources (all by default) now; also what `POST /resync` runs."""
         sources = [s for s in self.settings.sources if not names or s.name in names]
         async with self.busy:
-            return await self.engine.resync(sources, retry_failed=retry_failed)
+            report = await self.engine.resync(
+                sources, retry_failed=retry_failed, allow_delete=allow_delete
+            )
+        for source in sources:
+            self.unavailable.pop(source.name, None)
+        self.unavailable.update(report.unavailable)
+        return report
 
     async def observe(self) -> None:
         """Refresh the gauges SQLite knows, on the loop that owns the engine."""
@@ -183,19 +201,25 @@ class Daemon:
 
     async def _follow_folders(self, stop: asyncio.Event, notifier: Notifier) -> None:
         rescan = self.settings.watch.rescan_interval_seconds
-        next_rescan = time.monotonic() + rescan if rescan else float("inf")
+        next_rescan = self._next_rescan(rescan)
+        verify_every = self.settings.watch.verify_interval_seconds
+        next_verify = time.monotonic() + verify_every if verify_every else float("inf")
         debounce = self.settings.watch.debounce_seconds
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_rescan:
                 await self._until_done(self._rescan, stop)
-                next_rescan = time.monotonic() + rescan
+                next_rescan = self._next_rescan(rescan)
+                continue
+            if now >= next_verify:
+                await self._until_done(self._verify, stop)
+                next_verify = time.monotonic() + verify_every
                 continue
             due = self._take_due(now, debounce)
             if due:
                 await self._until_done(functools.partial(self._sync_hints, due), stop)
                 continue
-            wait = min([next_rescan - now, *self._deadlines(debounce, now), 5.0])
+            wait = min([next_rescan - now, next_verify - now, *self._deadlines(debounce, now), 5.0])
             notifier.status(self._summary())
             if not self.busy.locked():
                 trim_heap()  # idle now: what the last batch peaked at goes back to the OS
@@ -207,6 +231,12 @@ class Daemon:
             )
             stop_task.cancel()
             wake_task.cancel()
+
+    def _next_rescan(self, interval: float) -> float:
+        now = time.monotonic()
+        if self.unavailable:
+            return now + min(interval or UNAVAILABLE_RETRY_SECONDS, UNAVAILABLE_RETRY_SECONDS)
+        return now + interval if interval else float("inf")
 
     def _deadlines(self, debounce: float, now: float) -> list[float]:
         return [t + debounce - now for paths in self.dirty.values() for t in paths.values()]
@@ -224,6 +254,12 @@ class Daemon:
     async def _rescan(self) -> Report:
         return await self.resync(retry_failed=False)
 
+    async def _verify(self) -> None:
+        from syncd.verify import audit
+
+        async with self.busy:
+            await audit(self.engine, self.settings.sources, repair=True)
+
     async def _sync_hints(self, due: dict[str, set[str | None]]) -> None:
         for source in self.settings.sources:
             paths = due.get(source.name)
@@ -232,9 +268,18 @@ class Daemon:
             # A directory event means "look at the whole source again" (cheap: stat only).
             hinted = None if None in paths else set(paths)
             async with self.busy:
-                plan = folder_plan(
-                    self.engine.state, self.engine.store, source, paths=hinted, retry_failed=False
-                )
+                try:
+                    plan = folder_plan(
+                        self.engine.state,
+                        self.engine.store,
+                        source,
+                        paths=hinted,
+                        retry_failed=False,
+                    )
+                except SourceUnavailable as e:
+                    log.warning("source_unavailable", source=source.name, error=str(e))
+                    self.unavailable[source.name] = str(e)
+                    continue
                 await self.engine.apply(plan)
 
     def _watch(self) -> None:

@@ -23,7 +23,7 @@ from syncd.chunking import Chunk, chunk_text
 from syncd.config import FolderSource, RedisSource, Settings
 from syncd.embedders import Embedder, make_embedder
 from syncd.embedders.batching import Batcher
-from syncd.errors import DocumentError, StoreError, UnsupportedFormat
+from syncd.errors import DocumentError, SourceUnavailable, StoreError, UnsupportedFormat
 from syncd.extract import Extracted
 from syncd.extract_pool import ExtractPool
 from syncd.plan import Delete, Plan, Upsert, folder_plan, repair_plan, text_hash
@@ -61,10 +61,17 @@ class Report:
     texts_embedded: int = 0
     seconds: float = 0.0
     failures: list[Failure] = field(default_factory=list)
+    #: Deletions held back by the mass-deletion guard (`--allow-delete` applies them).
+    held: int = 0
+    #: "source/dir: error" for what could not be listed; the documents under it are kept.
+    unlisted: list[str] = field(default_factory=list)
+    #: Source → why it looks unmounted (missing or empty root); nothing of it was deleted.
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     def merge(self, other: Report) -> None:
         for name in asdict(other):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+            mine, theirs = getattr(self, name), getattr(other, name)
+            setattr(self, name, mine | theirs if isinstance(mine, dict) else mine + theirs)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:
@@ -116,31 +123,50 @@ class Engine:
         self.rebuilt: Rebuilt | None = None
 
     def plan(
-        self, source: FolderSource | RedisSource, force: bool = False, retry_failed: bool = True
+        self,
+        source: FolderSource | RedisSource,
+        force: bool = False,
+        retry_failed: bool = True,
+        allow_delete: bool = False,
     ) -> Plan:
         """A full reconcile: of the files for a folder, of the store for a queue."""
         if isinstance(source, RedisSource):
             return repair_plan(self.state, self.store, source.name)
-        return folder_plan(self.state, self.store, source, force, retry_failed=retry_failed)
+        return folder_plan(
+            self.state,
+            self.store,
+            source,
+            force,
+            retry_failed=retry_failed,
+            allow_delete=allow_delete,
+        )
 
     async def resync(
         self,
         sources: list[FolderSource | RedisSource] | None = None,
         force: bool = False,
         retry_failed: bool = True,
+        allow_delete: bool = False,
     ) -> Report:
         """Reconcile these sources (all by default) with the store, one after another.
 
         The daemon's own rescans retry failed documents with backoff (`retry_failed`
-        false), a user's at once.
+        false), a user's at once. A source that looks unmounted is reported in
+        `unavailable` and the others go on.
         """
         started = time.monotonic()
         total = Report()
         for source in sources or self.settings.sources:
             if self.stopping.is_set():
                 break
-            total.merge(await self.apply(self.plan(source, force, retry_failed)))
-        self.state.drop_unused_vectors()
+            try:
+                plan = self.plan(source, force, retry_failed, allow_delete)
+            except SourceUnavailable as e:
+                log.warning("source_unavailable", source=source.name, error=str(e))
+                total.unavailable[source.name] = str(e)
+                continue
+            total.merge(await self.apply(plan))
+        self.state.drop_unused_vectors(self.settings.state.vector_retention_days)
         total.seconds = time.monotonic() - started
         return total
 
@@ -161,6 +187,7 @@ class Engine:
             unchanged=plan.unchanged,
         )
         report = Report(unchanged=plan.unchanged)
+        self._record_listing(plan, report)
         self._delete(plan.deletes, report)
         async with self._batching(report) as batcher:
             for done in range(0, len(plan.upserts), EXTRACT_CONCURRENCY):
@@ -200,6 +227,20 @@ class Engine:
         return [await source_status(self.state, s) for s in self.settings.sources]
 
     # -- deleting ---------------------------------------------------------------------------
+
+    def _record_listing(self, plan: Plan, report: Report) -> None:
+        """What the scan could not see and what it would not delete, for `status`."""
+        if plan.full or plan.unlisted or plan.held:
+            self.state.set_listing_problems(plan.source, plan.unlisted, plan.held, plan.full)
+        report.unlisted = [f"{plan.source}/{d or '.'}: {e}" for d, e in plan.unlisted.items()]
+        report.held = len(plan.held)
+        if plan.held:
+            log.warning(
+                "deletions_held",
+                source=plan.source,
+                held=len(plan.held),
+                apply=f"syncd resync --source {plan.source} --allow-delete",
+            )
 
     def _delete(self, deletes: list[Delete], report: Report) -> None:
         by_entry = [d for d in deletes if d.entry_id is not None]
@@ -251,7 +292,7 @@ class Engine:
             self._problem(u, "failed", str(e), report)
             return None
         except OSError as e:
-            self._problem(u, "failed", f"unreadable: {e.strerror}", report)
+            self._problem(u, "failed", f"unreadable: {e.strerror}", report, keep_points=True)
             return None
         doc_hash = hashlib.sha256(data).hexdigest()
         known = u.known
@@ -285,13 +326,23 @@ class Engine:
         return chunk_text(doc.text, c.max_chars, c.overlap_chars, doc.is_markdown, doc.paged)
 
     def _problem(
-        self, u: Upsert, status: str, reason: str, report: Report, rejected: bool = False
+        self,
+        u: Upsert,
+        status: str,
+        reason: str,
+        report: Report,
+        rejected: bool = False,
+        keep_points: bool = False,
     ) -> None:
-        """A failed or skipped document has no points, and says why."""
-        with suppress(StoreError):  # the store refusing is often why we are here
-            self.store.delete_documents(u.source, [u.path])
-        size, mtime_ns = (u.stat.size, u.stat.mtime_ns) if u.stat else (0, 0)
-        self.state.record_problem(u.source, u.path, size, mtime_ns, status, reason)
+        """A failed or skipped document has no points, and says why; one whose file
+        cannot be read right now (`keep_points`) keeps those it was last synced with."""
+        if keep_points and u.known is not None and u.known.chunk_count:
+            self.state.record_unreadable(u.source, u.path, reason)
+        else:
+            with suppress(StoreError):  # the store refusing is often why we are here
+                self.store.delete_documents(u.source, [u.path])
+            size, mtime_ns = (u.stat.size, u.stat.mtime_ns) if u.stat else (0, 0)
+            self.state.record_problem(u.source, u.path, size, mtime_ns, status, reason)
         if status == "failed":
             report.failed += 1
             report.failures.append(Failure(u.source, u.path, reason, rejected))
@@ -410,7 +461,7 @@ def _points(p: _Prepared, vectors: dict[str, np.ndarray]) -> list[PointData]:
 
 
 def _counts(report: Report) -> dict[str, object]:
-    return {k: v for k, v in asdict(report).items() if k != "failures"}
+    return {k: v for k, v in asdict(report).items() if not isinstance(v, list | dict)}
 
 
 @asynccontextmanager
@@ -433,12 +484,14 @@ async def opened(
     try:
         if embedder is None:
             embedder = own = make_embedder(settings.embedder)
+            # Known from an earlier run: a remote API need not be asked for it.
+            embedder.dimension = state.known_dimension(embedder.model_id) or embedder.dimension
             await embedder.start()
         identity = Identity(embedder.model_id, embedder.dimension)
         store = open_store(settings.qdrant, identity, rebuild=rebuild, create=create)
         sources = {s.name for s in settings.sources}
         rebuilt = rebuild_state(state, store, sources, embedder.model_id, moved_aside)
-        state.use_embedder(embedder.model_id)
+        state.use_embedder(embedder.model_id, embedder.dimension)
         engine = Engine(settings, state, store, embedder, progress)
         engine.rebuilt = rebuilt
         yield engine

@@ -72,7 +72,9 @@ class Service(Protocol):
 
     async def document(self, source: str, path: str) -> list[dict[str, Any]]: ...
 
-    async def resync(self, names: list[str] | None = None) -> Report: ...
+    async def resync(
+        self, names: list[str] | None = None, retry_failed: bool = True, allow_delete: bool = False
+    ) -> Report: ...
 
     async def observe(self) -> None:
         """Refresh the metrics gauges that come from the state."""
@@ -226,12 +228,14 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path != "/resync":
             self._error(404, f"no such endpoint: {url.path}")
             return
-        names = parse_qs(url.query).get("source")
+        params = parse_qs(url.query)
+        names = params.get("source")
+        allow_delete = params.get("allow_delete", ["0"])[-1].lower() in ("1", "true", "yes")
         unknown = sorted(set(names or []) - set(self.service.source_names()))
         if unknown:
             self._error(404, f"no source named {unknown[0]!r}")
             return
-        report = self._on_loop(self.service.resync(names), timeout=None)
+        report = self._on_loop(self.service.resync(names, allow_delete=allow_delete), timeout=None)
         self._send(200, "application/json", json.dumps(asdict(report)).encode())
 
     def do_DELETE(self) -> None:
@@ -332,8 +336,9 @@ class DaemonClient:
         host = f"[{host}]" if ":" in host else host
         self.base = f"http://{host}:{port}"
 
-    def resync(self, source: str | None) -> Report:
-        return Report.from_dict(self._ask("/resync", {"source": source}, method="POST"))
+    def resync(self, source: str | None, allow_delete: bool = False) -> Report:
+        params = {"source": source, "allow_delete": 1 if allow_delete else None}
+        return Report.from_dict(self._ask("/resync", params, method="POST"))
 
     def search(self, query: SearchQuery) -> dict[str, Any]:
         params = {

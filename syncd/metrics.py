@@ -52,6 +52,18 @@ stream_pending = Gauge(
 dead_letters = Gauge(
     "syncd_dead_letters", "Entries in the dead-letter stream", ["source"], registry=REGISTRY
 )
+held_deletions = Gauge(
+    "syncd_held_deletions",
+    "Deletions held back by the mass-deletion guard until `resync --allow-delete`",
+    ["source"],
+    registry=REGISTRY,
+)
+drift_points = Gauge(
+    "syncd_drift_points",
+    "Points found wrong by the last verify, by kind",
+    ["kind"],
+    registry=REGISTRY,
+)
 
 
 def observe_state(state: State, settings: Settings) -> None:
@@ -60,5 +72,6 @@ def observe_state(state: State, settings: Settings) -> None:
         row = state.status(source.name)
         pending_documents.labels(source.name).set(row.pending)
         failed_documents.labels(source.name).set(len(row.failed))
+        held_deletions.labels(source.name).set(len(row.held_deletions))
         if row.last_sync:
             sync_lag_seconds.labels(source.name).set(max(0.0, time.time() - row.last_sync))

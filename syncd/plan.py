@@ -12,7 +12,8 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 
-from syncd.config import FolderSource
+from syncd.config import FolderSource, RedisSource
+from syncd.errors import ConfigError, SourceUnavailable
 from syncd.sources import folder
 from syncd.sources.folder import FileStat
 from syncd.state import DocRow, QueuedText, State
@@ -51,6 +52,12 @@ class Plan:
     unchanged: int = 0
     #: Re-extract, re-chunk and re-embed even what looks unchanged.
     force: bool = False
+    #: A whole folder was listed, so `unlisted` and `held` replace what was recorded.
+    full: bool = False
+    #: Directories (or files) that could not be listed → error; their documents are kept.
+    unlisted: dict[str, str] = field(default_factory=dict)
+    #: Deletions held back by the mass-deletion guard, until `--allow-delete`.
+    held: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -62,6 +69,8 @@ class Plan:
             "add": [u.path for u in self.upserts if u.known is None],
             "update": [u.path for u in self.upserts if u.known is not None],
             "delete": [d.path for d in self.deletes],
+            "held": self.held,
+            "unlisted": self.unlisted,
             "unchanged": self.unchanged,
         }
 
@@ -73,31 +82,86 @@ def folder_plan(
     force: bool = False,
     paths: set[str] | None = None,
     retry_failed: bool = True,
+    allow_delete: bool = False,
 ) -> Plan:
     """The whole source, or just these paths (the daemon's hints from folder events,
     where the state alone is trusted for the store's contents).
 
     An unchanged document that failed is retried at once with `retry_failed` (a user's
     resync), else after `retry_delay`, so poison files cost little.
+
+    A listing that fails never deletes: nothing under a directory that could not be
+    listed is deleted, a root that is missing or holds no included file while documents
+    are known raises SourceUnavailable, and more deletions than `max_delete_fraction`
+    are held; `allow_delete` confirms the last two.
     """
     docs = state.documents(source.name)
     if paths is None:
-        stats = folder.scan(source)
+        listing = folder.scan(source)
         in_store = _points_in_store(store, source.name, docs)
     else:
-        stats = folder.stat_paths(source, paths)
+        listing = folder.stat_paths(source, paths)
+        if not source.path.is_dir():
+            listing.unlisted[""] = "No such directory"
         docs = {p: d for p, d in docs.items() if p in paths}
         in_store = expected_points(docs)
-    plan = Plan(source.name, force=force)
+    known = docs.keys() | in_store.keys()
+    if allow_delete:
+        listing.unlisted.pop("", None)  # confirmed: a missing root means every file is gone
+    else:
+        _check_available(source, listing, full=paths is None, known=bool(known))
+    stats = listing.files
+    plan = Plan(source.name, force=force, full=paths is None, unlisted=listing.unlisted)
     for path in sorted(stats):
         doc, points = docs.get(path), in_store.get(path, 0)
         if doc is None or force or _needs_sync(doc, stats[path], points, retry_failed):
             plan.upserts.append(Upsert(source.name, path, doc, points, stat=stats[path]))
         else:
             plan.unchanged += 1
-    gone = sorted((docs.keys() | in_store.keys()) - stats.keys())
-    plan.deletes = [Delete(source.name, p) for p in gone]
+    gone = sorted(p for p in known - stats.keys() if not listing.covers(p))
+    if not allow_delete and _too_many(len(gone), state, source):
+        plan.held = gone
+    else:
+        plan.deletes = [Delete(source.name, p) for p in gone]
     return plan
+
+
+# The mass-deletion guard applies to sources holding at least this many documents.
+GUARDED_SOURCE_DOCUMENTS = 20
+
+
+def _check_available(
+    source: FolderSource, listing: folder.Listing, full: bool, known: bool
+) -> None:
+    """A root that cannot be listed, or (in a full scan) lists no included file, looks
+    like an unmounted share, not like a folder whose every file was deleted."""
+    if "" in listing.unlisted and not known:
+        raise ConfigError(
+            f"sources.{source.name}.path: {source.path} cannot be listed ({listing.unlisted['']})"
+        )
+    if not known:
+        return
+    if "" in listing.unlisted:
+        why = f"cannot be listed ({listing.unlisted['']})"
+    elif full and not listing.files and not listing.unlisted:
+        why = "holds no included file"
+    else:
+        return
+    raise SourceUnavailable(
+        f"source {source.name}: the folder {source.path} {why}, though documents from it "
+        "are synced; nothing was deleted (an unmounted share looks like this). If it was "
+        f"emptied on purpose: syncd resync --source {source.name} --allow-delete",
+        hint="mount the folder again, or confirm its deletions as above",
+    )
+
+
+def _too_many(deletions: int, state: State, source: FolderSource) -> bool:
+    known = state.document_count(source.name)
+    return (
+        known >= GUARDED_SOURCE_DOCUMENTS
+        and source.max_delete_fraction < 1.0
+        and deletions > source.max_delete_fraction * known
+    )
 
 
 def queue_plan(
@@ -132,13 +196,35 @@ def repair_plan(state: State, store: Store, source: str) -> Plan:
     in_store = store.chunk_counts(source)
     plan = Plan(source, deletes=[Delete(source, p) for p in sorted(in_store.keys() - expected)])
     broken = [p for p, n in expected.items() if in_store.get(p, 0) != n]
-    kept = state.queued(source, broken)
-    for path in broken:
-        q = kept.get(path)
-        if q is not None and q.text is not None:
-            plan.upserts.append(Upsert(source, path, docs[path], None, queued=q))
+    plan.upserts = _from_kept_texts(state, source, docs, broken)
     plan.unchanged = len(expected) - len(broken)
     return plan
+
+
+def rewrite_plan(
+    state: State, source: FolderSource | RedisSource, paths: list[str], stats: dict[str, FileStat]
+) -> Plan:
+    """Write these documents' points again (verify found them wrong): from the file for a
+    folder, from the kept text for a queue; unchanged chunk texts come from the cache."""
+    docs = state.documents(source.name)
+    if isinstance(source, RedisSource):
+        return Plan(source.name, upserts=_from_kept_texts(state, source.name, docs, paths))
+    upserts = [
+        Upsert(source.name, p, docs.get(p), None, stat=stats[p]) for p in paths if p in stats
+    ]
+    return Plan(source.name, upserts=upserts)
+
+
+def _from_kept_texts(
+    state: State, source: str, docs: dict[str, DocRow], paths: list[str]
+) -> list[Upsert]:
+    """A queue cannot be replayed: its documents are rewritten from their kept texts."""
+    kept = state.queued(source, paths)
+    return [
+        Upsert(source, p, docs.get(p), None, queued=kept[p])
+        for p in paths
+        if p in kept and kept[p].text is not None
+    ]
 
 
 def text_hash(text: str) -> str:
@@ -146,7 +232,9 @@ def text_hash(text: str) -> str:
 
 
 def expected_points(docs: dict[str, DocRow]) -> dict[str, int]:
-    return {p: d.chunk_count for p, d in docs.items() if d.status == "done" and d.chunk_count}
+    """Points per path the state promises: a document that failed because it could not
+    be read keeps the chunks it had."""
+    return {p: d.chunk_count for p, d in docs.items() if d.chunk_count}
 
 
 def _points_in_store(store: Store | None, source: str, docs: dict[str, DocRow]) -> dict[str, int]:
@@ -163,12 +251,11 @@ def _points_in_store(store: Store | None, source: str, docs: dict[str, DocRow]) 
 
 
 def _needs_sync(doc: DocRow, stat: FileStat, points: int, retry_failed: bool) -> bool:
-    if (doc.size, doc.mtime_ns) != (stat.size, stat.mtime_ns):
+    if (doc.size, doc.mtime_ns) != (stat.size, stat.mtime_ns) or points != doc.chunk_count:
         return True
     if doc.status == "failed":
-        due = time.time() >= doc.synced_at + retry_delay(doc.attempts)
-        return bool(points) or retry_failed or due
-    return points != (doc.chunk_count if doc.status == "done" else 0)
+        return retry_failed or time.time() >= doc.synced_at + retry_delay(doc.attempts)
+    return False
 
 
 def retry_delay(attempts: int) -> float:

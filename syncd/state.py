@@ -80,6 +80,24 @@ MIGRATIONS = [
         started_at REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    """
+    -- What the last scan could not look at (the root is path ''), and deletions the
+    -- mass-deletion guard holds back: both for `status` and /metrics.
+    CREATE TABLE unlisted (
+        source TEXT NOT NULL,
+        path TEXT NOT NULL,
+        error TEXT NOT NULL,
+        PRIMARY KEY (source, path)
+    ) WITHOUT ROWID;
+    CREATE TABLE held_deletions (
+        source TEXT NOT NULL,
+        path TEXT NOT NULL,
+        PRIMARY KEY (source, path)
+    ) WITHOUT ROWID;
+    -- When a cached vector was last used by a chunk: unused ones are kept for
+    -- state.vector_retention_days, so a document that comes back embeds nothing.
+    ALTER TABLE vectors ADD COLUMN last_used REAL;
+    """,
 ]
 
 
@@ -151,7 +169,13 @@ class SourceStatus:
     skipped: int
     pending: int
     last_sync: float | None
+    #: Directories the last scan could not list → error ("" is the root).
+    unlisted: dict[str, str] = field(default_factory=dict)
+    held_deletions: list[str] = field(default_factory=list)
 
+
+# How stale a used vector's `last_used` may get before it is stamped again.
+_STAMP_EVERY_SECONDS = 3600.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -233,14 +257,23 @@ class State:
     # -- the embedder the vectors belong to ---------------------------------------------
 
     @_translated
-    def use_embedder(self, model_id: str) -> None:
-        """Forget cached vectors made by another embedder."""
+    def use_embedder(self, model_id: str, dimension: int) -> None:
+        """Forget cached vectors made by another embedder; remember this one's dimension,
+        so the next start need not ask a remote API for it."""
         row = self.db.execute("SELECT value FROM meta WHERE key='embedder'").fetchone()
-        if row and row[0] == model_id:
-            return
         with self.transaction() as db:
-            db.execute("DELETE FROM vectors")
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('embedder', ?)", (model_id,))
+            if not row or row[0] != model_id:
+                db.execute("DELETE FROM vectors")
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('embedder', ?)", (model_id,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('dimension', ?)", (str(dimension),))
+
+    @_translated
+    def known_dimension(self, model_id: str) -> int | None:
+        """The dimension recorded for this embedder by an earlier run, if any."""
+        rows = dict(self.db.execute("SELECT key, value FROM meta"))
+        if rows.get("embedder") != model_id or "dimension" not in rows:
+            return None
+        return int(rows["dimension"])
 
     @_translated
     def embedder(self) -> str | None:
@@ -272,8 +305,8 @@ class State:
                     [(c.source, c.path, c.chunk_index, c.chunk_hash) for c in page],
                 )
                 db.executemany(
-                    "INSERT OR REPLACE INTO vectors VALUES (?, ?)",
-                    [(c.chunk_hash, c.vector.tobytes()) for c in page],  # float32 already
+                    "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                    [(c.chunk_hash, c.vector.tobytes(), time.time()) for c in page],
                 )
                 chunks += len(page)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('embedder', ?)", (model_id,))
@@ -307,6 +340,24 @@ class State:
     def documents(self, source: str) -> dict[str, DocRow]:
         rows = self.db.execute("SELECT * FROM documents WHERE source=?", (source,))
         return {r[1]: DocRow(*r) for r in rows}
+
+    @_translated
+    def document_count(self, source: str) -> int:
+        return self.db.execute(
+            "SELECT count(*) FROM documents WHERE source=?", (source,)
+        ).fetchone()[0]
+
+    @_translated
+    def chunk_hashes(self, source: str) -> dict[str, list[str]]:
+        """path → the hashes of its chunks in order, as last synced."""
+        out: dict[str, list[str]] = {}
+        rows = self.db.execute(
+            "SELECT path, chunk_hash FROM chunks WHERE source=? ORDER BY path, chunk_index",
+            (source,),
+        )
+        for path, chunk_hash in rows:
+            out.setdefault(path, []).append(chunk_hash)
+        return out
 
     @_translated
     def record_synced(self, docs: list[Synced]) -> None:
@@ -357,6 +408,16 @@ class State:
                    attempts=documents.attempts + 1, synced_at=excluded.synced_at""",
                 (source, path, size, mtime_ns, status, reason, time.time()),
             )
+
+    @_translated
+    def record_unreadable(self, source: str, path: str, reason: str) -> None:
+        """A synced document whose file cannot be read now: failed, its chunks (and size and
+        mtime, so the next scan tries again) kept as they were."""
+        self.db.execute(
+            """UPDATE documents SET status='failed', error=?, attempts=attempts + 1,
+               synced_at=? WHERE source=? AND path=?""",
+            (reason, time.time(), source, path),
+        )
 
     @_translated
     def touch(self, source: str, path: str, size: int, mtime_ns: int) -> None:
@@ -429,23 +490,60 @@ class State:
 
         with self.transaction() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO vectors VALUES (?, ?)",
-                [(h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()],
+                "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                [
+                    (h, np.asarray(v, dtype=np.float32).tobytes(), time.time())
+                    for h, v in vectors.items()
+                ],
             )
 
     @_translated
-    def drop_unused_vectors(self) -> int:
-        cur = self.db.execute(
-            "DELETE FROM vectors WHERE chunk_hash NOT IN (SELECT chunk_hash FROM chunks)"
-        )
+    def drop_unused_vectors(self, retention_days: float) -> int:
+        """Stamp the vectors chunks use now; drop those unused for `retention_days`.
+
+        A stamp is refreshed at most hourly, so a no-op resync rewrites no row.
+        """
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                """UPDATE vectors SET last_used=? WHERE last_used IS NULL
+                   OR (last_used < ? AND chunk_hash IN (SELECT chunk_hash FROM chunks))""",
+                (now, now - _STAMP_EVERY_SECONDS),
+            )
+            cur = db.execute(
+                """DELETE FROM vectors WHERE last_used < ?
+                   AND chunk_hash NOT IN (SELECT chunk_hash FROM chunks)""",
+                (now - retention_days * 86400,),
+            )
         return cur.rowcount
+
+    # -- what a scan could not see, and what it would not delete --------------------------
+
+    @_translated
+    def set_listing_problems(
+        self, source: str, unlisted: dict[str, str], held: list[str], replace: bool
+    ) -> None:
+        """Record a plan's unlisted directories and held deletions; a full scan replaces
+        what the last one found, a plan for a few paths adds to it."""
+        with self.transaction() as db:
+            if replace:
+                db.execute("DELETE FROM unlisted WHERE source=?", (source,))
+                db.execute("DELETE FROM held_deletions WHERE source=?", (source,))
+            db.executemany(
+                "INSERT OR REPLACE INTO unlisted VALUES (?, ?, ?)",
+                [(source, p, e) for p, e in unlisted.items()],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO held_deletions VALUES (?, ?)", [(source, p) for p in held]
+            )
 
     # -- reporting ------------------------------------------------------------------------
 
     @_translated
     def status(self, source: str) -> SourceStatus:
         docs, chunks = self.db.execute(
-            "SELECT count(*), coalesce(sum(chunk_count), 0) FROM documents WHERE source=? AND status='done'",
+            """SELECT count(*) FILTER (WHERE status='done'), coalesce(sum(chunk_count), 0)
+               FROM documents WHERE source=?""",
             (source,),
         ).fetchone()
         skipped = self.db.execute(
@@ -461,4 +559,15 @@ class State:
         row = self.db.execute(
             "SELECT pending, last_sync FROM sources WHERE name=?", (source,)
         ).fetchone() or (0, None)
-        return SourceStatus(source, docs, chunks, failed, skipped, *row)
+        unlisted = dict(
+            self.db.execute(
+                "SELECT path, error FROM unlisted WHERE source=? ORDER BY path", (source,)
+            )
+        )
+        held = [
+            r[0]
+            for r in self.db.execute(
+                "SELECT path FROM held_deletions WHERE source=? ORDER BY path", (source,)
+            )
+        ]
+        return SourceStatus(source, docs, chunks, failed, skipped, *row, unlisted, held)

@@ -84,6 +84,13 @@ class Daemon:
         assert status == 200, body
         return [h["path"] for h in json.loads(body)["hits"]]
 
+    def stop_with_log(self, timeout: float = 10) -> tuple[int, str]:
+        """SIGTERM; the exit code and everything it logged to stderr."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        _, log = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, log
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)

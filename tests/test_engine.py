@@ -34,7 +34,7 @@ def expected(settings: Settings) -> dict[str, dict]:
     """id → the payload fields every point must carry, from the files as they are now."""
     out = {}
     for source in settings.sources:
-        for rel in folder.scan(source):
+        for rel in folder.scan(source).files:
             data = (source.path / rel).read_bytes()
             doc = extract(rel, data)
             chunks = chunk_text(

@@ -31,7 +31,7 @@ def test_include_and_exclude_globs_with_posix_relative_paths(tmp_path):
         "drafts/z.md",
     ):
         touch(tmp_path, rel)
-    found = scan(source(tmp_path, exclude=["**/.git/**", "drafts/**"]))
+    found = scan(source(tmp_path, exclude=["**/.git/**", "drafts/**"])).files
     assert sorted(found) == ["a.md", "d/b.md", "d/e/c.txt"]
     assert found["a.md"].size == 1
 
@@ -42,14 +42,14 @@ def test_symlink_out_of_the_root_is_not_followed(tmp_path):
     touch(root, "in.md")
     os.symlink(outside, root / "link")
     os.symlink(outside / "secret.md", root / "file-link.md")
-    assert sorted(scan(source(root))) == ["in.md"]
+    assert sorted(scan(source(root)).files) == ["in.md"]
 
 
 def test_symlink_loops_terminate_and_links_inside_the_root_are_followed(tmp_path):
     touch(tmp_path, "d/a.md")
     os.symlink(tmp_path, tmp_path / "d" / "loop")
     os.symlink(tmp_path / "d" / "a.md", tmp_path / "alias.md")
-    assert sorted(scan(source(tmp_path))) == ["alias.md", "d/a.md"]
+    assert sorted(scan(source(tmp_path)).files) == ["alias.md", "d/a.md"]
 
 
 def test_suffix_fast_path_agrees_with_wcmatch():

@@ -22,7 +22,8 @@ class Embedder(Protocol):
     failing_since: float | None
 
     async def start(self) -> None:
-        """Be ready to embed and know `dimension` (a remote API may be asked once).
+        """Be ready to embed and know `dimension` (a remote API is asked once, unless
+        `dimension` was set beforehand from what an earlier run recorded).
 
         Raises BackendUnavailable (EmbedAuth for a refused key) when it cannot be.
         """

@@ -89,8 +89,10 @@ class RemoteEmbedder:
     # -- the shared part --------------------------------------------------------------------
 
     async def start(self) -> None:
-        (vector,) = await self.embed(["dimension probe"], "document")
-        self.dimension = len(vector)
+        # Asked only when no earlier run recorded it: a no-op resync sends no request.
+        if not self.dimension:
+            (vector,) = await self.embed(["dimension probe"], "document")
+            self.dimension = len(vector)
         log.info(
             "embedder_ready", provider=self.provider, model=self.model, dimension=self.dimension
         )

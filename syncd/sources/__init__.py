@@ -23,6 +23,8 @@ async def source_status(state: State, source: FolderSource | RedisSource) -> dic
         "skipped": r.skipped,
         "last_sync": _iso(r.last_sync),
         "failed": [{"path": f.path, "reason": f.error, "attempts": f.attempts} for f in r.failed],
+        "unlisted": [{"path": p or ".", "error": e} for p, e in r.unlisted.items()],
+        "held_deletions": r.held_deletions,
     }
     if isinstance(source, RedisSource):
         from syncd.sources.redis_stream import RedisStream  # only queue sources need Redis

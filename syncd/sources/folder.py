@@ -11,7 +11,7 @@ import os
 import re
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +19,7 @@ import structlog
 from wcmatch import glob
 
 from syncd.config import FolderSource
-from syncd.errors import ConfigError, DocumentError
+from syncd.errors import DocumentError
 
 if TYPE_CHECKING:  # watchdog is imported by `watch`: a one-shot resync never loads it
     from watchdog.events import FileSystemEvent
@@ -80,18 +80,39 @@ def _one_regex(patterns: list[str]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{r})" for r in regexes))
 
 
-def scan(source: FolderSource) -> dict[str, FileStat]:
-    """Relative POSIX path → stat of every included regular file under the source root.
+@dataclass
+class Listing:
+    """What a scan saw: included files, and what it could not look at.
+
+    `unlisted` maps a relative directory (or file) that could not be listed or stat'ed
+    to the error; "" is the root itself. Documents under them are unknown this scan,
+    not gone: nothing under them may be deleted.
+    """
+
+    files: dict[str, FileStat] = field(default_factory=dict)
+    unlisted: dict[str, str] = field(default_factory=dict)
+
+    def covers(self, rel: str) -> bool:
+        """Whether `rel` lies under something that could not be listed."""
+        return any(d == "" or rel == d or rel.startswith(f"{d}/") for d in self.unlisted)
+
+
+# These mean "not there", so a path with them is gone; any other OSError (EACCES, EIO,
+# ESTALE, ...) means "cannot tell right now".
+_ABSENT = (errno.ENOENT, errno.ENOTDIR)
+
+
+def scan(source: FolderSource) -> Listing:
+    """Every included regular file under the source root, with its size and mtime.
 
     Symlinks are followed only while they stay inside the root, and each real directory
-    is visited once, so links out of the tree and link loops are skipped.
+    is visited once, so links out of the tree and link loops are skipped. A root that is
+    missing or cannot be listed is reported as `unlisted[""]`.
     """
     root = source.path
-    if not root.is_dir():
-        raise ConfigError(f"sources.{source.name}.path: {root} is not a directory")
+    listing = Listing()
     real_root = root.resolve()
     matcher = Matcher(source.include, source.exclude)
-    found: dict[str, FileStat] = {}
     seen_dirs = {real_root}
     stack: list[tuple[Path, str]] = [(root, "")]
     while stack:
@@ -99,8 +120,9 @@ def scan(source: FolderSource) -> dict[str, FileStat]:
         try:
             entries = list(os.scandir(directory))
         except OSError as e:
+            listing.unlisted[prefix.rstrip("/")] = _reason(e)
             log.warning(
-                "directory_unreadable", source=source.name, path=prefix or ".", error=e.strerror
+                "directory_unlisted", source=source.name, path=prefix or ".", error=_reason(e)
             )
             continue
         for entry in entries:
@@ -118,17 +140,19 @@ def scan(source: FolderSource) -> dict[str, FileStat]:
                         stack.append((Path(entry.path), f"{rel}/"))
                 elif entry.is_file() and matcher.included(rel):
                     st = entry.stat()
-                    found[rel] = FileStat(st.st_size, st.st_mtime_ns)
-            except OSError:
-                continue  # vanished or unreadable between listing and stat: absent this scan
-    return found
+                    listing.files[rel] = FileStat(st.st_size, st.st_mtime_ns)
+            except OSError as e:
+                if e.errno not in _ABSENT:  # vanished since the listing: absent this scan
+                    listing.unlisted[rel] = _reason(e)
+    return listing
 
 
-def stat_paths(source: FolderSource, paths: set[str]) -> dict[str, FileStat]:
-    """The subset of `paths` that are included regular files inside the root now."""
+def stat_paths(source: FolderSource, paths: set[str]) -> Listing:
+    """Those of `paths` that are included regular files inside the root now; a path that
+    cannot be stat'ed for another reason than its absence is `unlisted`."""
     matcher = Matcher(source.include, source.exclude)
     real_root = source.path.resolve()
-    found = {}
+    listing = Listing()
     for rel in paths:
         parts = rel.split("/")
         if not matcher.included(rel) or any(
@@ -137,13 +161,18 @@ def stat_paths(source: FolderSource, paths: set[str]) -> dict[str, FileStat]:
             continue
         path = source.path / rel
         try:
-            if not _inside(path, real_root) or not path.is_file():
-                continue
             st = path.stat()
-        except OSError:
+        except OSError as e:
+            if e.errno not in _ABSENT:
+                listing.unlisted[rel] = _reason(e)
             continue
-        found[rel] = FileStat(st.st_size, st.st_mtime_ns)
-    return found
+        if stat.S_ISREG(st.st_mode) and _inside(path, real_root):
+            listing.files[rel] = FileStat(st.st_size, st.st_mtime_ns)
+    return listing
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or type(e).__name__
 
 
 class _Events:

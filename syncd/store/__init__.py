@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -67,6 +67,16 @@ class Record:
     dense: list[float]
     bm25: qe.SparseVector
     payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredPoint:
+    """A point as the store holds it, for `syncd verify`."""
+
+    id: str
+    payload: dict[str, Any]
+    #: Length of its dense vector (0: it has none).
+    dimension: int
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,13 @@ def parse_where(pairs: Iterable[str]) -> dict[str, str]:
             raise ConfigError(f"--where {pair!r}: expected KEY=VALUE")
         where[key] = value
     return where
+
+
+def dense_size(vector: Any) -> int:
+    """Length of the dense vector in what a scroll returns (named vectors or one list)."""
+    if isinstance(vector, dict):
+        vector = vector.get(DENSE)
+    return len(vector) if vector is not None else 0
 
 
 def bm25_document(text: str) -> qe.SparseVector:
@@ -237,6 +254,12 @@ class Store(Protocol):
     def document(self, source: str, path: str) -> list[dict[str, Any]]:
         """The payloads of one document's points in chunk order."""
         ...
+
+    def points(self, source: str) -> Iterator[StoredPoint]:
+        """Every point of one source, fetched a page at a time (memory stays flat)."""
+        ...
+
+    def delete_points(self, ids: list[str]) -> None: ...
 
     def close(self) -> None: ...
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ from syncd.store import (
     PointData,
     Record,
     SearchQuery,
+    StoredPoint,
     bm25_document,
+    dense_size,
     legs,
     match_glob,
     mismatch,
@@ -162,6 +165,15 @@ class EdgeStore:
         payloads = [r.payload or {} for r in _scroll(self._shard, where, with_vector=False)]
         return sorted(payloads, key=lambda p: p.get("chunk_index", 0))
 
+    def points(self, source: str) -> Iterator[StoredPoint]:
+        where = qe.Filter(must=[_source_is(source)])
+        for r in _scroll(self._shard, where, with_vector=[DENSE]):
+            yield StoredPoint(str(r.id), r.payload or {}, dense_size(r.vector))
+
+    def delete_points(self, ids: list[str]) -> None:
+        if ids:
+            _call(self._shard.update, qe.UpdateOperation.delete_points(ids))
+
     def close(self) -> None:
         _call(self._shard.flush)
         self._shard.close()
@@ -186,7 +198,7 @@ def _record(r: Any) -> Record:
     return Record(str(r.id), r.vector[DENSE], r.vector[BM25], r.payload or {})
 
 
-def _scroll(shard: qe.EdgeShard, where: qe.Filter | None, with_vector: bool):
+def _scroll(shard: qe.EdgeShard, where: qe.Filter | None, with_vector: bool | list[str]):
     offset = None
     while True:
         request = qe.ScrollRequest(

@@ -11,6 +11,7 @@ without its name and adds the alias.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import qdrant_edge as qe
@@ -33,7 +34,9 @@ from syncd.store import (
     PointData,
     Record,
     SearchQuery,
+    StoredPoint,
     bm25_document,
+    dense_size,
     legs,
     match_glob,
     mismatch,
@@ -299,17 +302,33 @@ class ServerStore:
         where = m.Filter(
             must=[_source_is(source), m.FieldCondition(key="path", match=m.MatchValue(value=path))]
         )
-        payloads: list[dict[str, Any]] = []
-        offset = None
-        with _translated():
-            while True:
-                records, offset = self._client.scroll(
-                    self._collection, scroll_filter=where, limit=UPGRADE_BATCH, offset=offset
-                )
-                payloads += [r.payload or {} for r in records]
-                if offset is None:
-                    break
+        payloads = [r.payload or {} for r in self._scroll(where, with_vectors=False)]
         return sorted(payloads, key=lambda p: p.get("chunk_index", 0))
+
+    def points(self, source: str) -> Iterator[StoredPoint]:
+        where = m.Filter(must=[_source_is(source)])
+        for r in self._scroll(where, with_vectors=[DENSE]):
+            yield StoredPoint(str(r.id), r.payload or {}, dense_size(r.vector))
+
+    def delete_points(self, ids: list[str]) -> None:
+        if ids:
+            with _translated():
+                self._client.delete(self._collection, m.PointIdsList(points=ids), wait=True)
+
+    def _scroll(self, where: m.Filter, with_vectors: bool | list[str]) -> Iterator[m.Record]:
+        offset = None
+        while True:
+            with _translated():
+                records, offset = self._client.scroll(
+                    self._collection,
+                    scroll_filter=where,
+                    limit=UPGRADE_BATCH,
+                    offset=offset,
+                    with_vectors=with_vectors,
+                )
+            yield from records
+            if offset is None:
+                return
 
     def close(self) -> None:
         self._client.close()
