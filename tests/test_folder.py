@@ -162,7 +162,7 @@ def test_file_swapped_for_a_link_out_of_the_root_after_the_scan_is_refused(tmp_p
     touch(outside, "secret.md", "secret")
     touch(root, "note.md", "note")
     touch(root, "d/inner.md", "inner")
-    assert sorted(scan(source(root))) == ["d/inner.md", "note.md"]
+    assert sorted(scan(source(root)).files) == ["d/inner.md", "note.md"]
     (root / "note.md").unlink()
     os.symlink(outside / "secret.md", root / "note.md")
     shutil.rmtree(root / "d")
