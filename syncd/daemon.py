@@ -41,6 +41,8 @@ T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 60.0
 # A source that looks unmounted is rescanned this often until it is back.
 UNAVAILABLE_RETRY_SECONDS = 15.0
+# A stream of changes that never goes quiet is still synced after this many debounces.
+MAX_DEBOUNCES = 10
 # Shutdown waits this long for in-flight work before giving up on it.
 SHUTDOWN_GRACE_SECONDS = 8.0
 
@@ -239,16 +241,21 @@ class Daemon:
         return now + interval if interval else float("inf")
 
     def _deadlines(self, debounce: float, now: float) -> list[float]:
-        return [t + debounce - now for paths in self.dirty.values() for t in paths.values()]
+        return [self._due_at(paths, debounce) - now for paths in self.dirty.values() if paths]
+
+    @staticmethod
+    def _due_at(paths: dict[str | None, float], debounce: float) -> float:
+        """A source's changes are taken together once it has been quiet for `debounce`, so
+        a burst (a checkout, `rm -r`) is one plan and meets the mass-deletion guard whole;
+        a source that never goes quiet is still taken after MAX_DEBOUNCES of them."""
+        return min(max(paths.values()) + debounce, min(paths.values()) + MAX_DEBOUNCES * debounce)
 
     def _take_due(self, now: float, debounce: float) -> dict[str, set[str | None]]:
         due: dict[str, set[str | None]] = {}
         for source, paths in self.dirty.items():
-            ready = {p for p, t in paths.items() if now - t >= debounce}
-            for p in ready:
-                del paths[p]
-            if ready:
-                due[source] = ready
+            if paths and now >= self._due_at(paths, debounce):
+                due[source] = set(paths)
+                paths.clear()
         return due
 
     async def _rescan(self) -> Report:
