@@ -19,7 +19,7 @@ from bench import memory, scenarios, search
 from bench.chunking import chunking
 from bench.migrate import migrate_throughput
 from bench.startup import scale, startup
-from syncd.config import Log
+from syncd.config import LogConfig
 from syncd.logs import configure_logging
 
 
@@ -75,7 +75,7 @@ def main() -> None:
         plan["scale"] = lambda w: scale(w, args.scale)
     if not args.no_peer:
         plan["peer_langchain"] = lambda w: scenarios.peer_langchain(w, 50 if q else 2_000)
-    configure_logging(Log(level="warning"))
+    configure_logging(LogConfig(level="warning"))
     if args.only:
         plan = {name: plan[name] for name in args.only.split(",")}
     previous = args.out / "results.json"

@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 from syncd.config import Settings, load_config
-from syncd.engine import Report, opened
+from syncd.engine import opened
+from syncd.report import Report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fake_embed import FakeEmbedAPI

@@ -25,7 +25,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from bench.harness import daemon, free_port, http_json, settings, sync
-from syncd.config import Log
+from syncd.config import LogConfig
 from syncd.logs import configure_logging
 
 SAMPLE_DOCS = Path(__file__).resolve().parent.parent / "sample-docs"
@@ -94,6 +94,6 @@ def mcp_roundtrip(work: Path, queries: int = 20) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    configure_logging(Log(level="warning"))
+    configure_logging(LogConfig(level="warning"))
     with tempfile.TemporaryDirectory() as tmp:
         print(json.dumps(mcp_roundtrip(Path(tmp)), indent=2))

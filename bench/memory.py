@@ -32,8 +32,8 @@ _CLI = (
 # The bare model on the same chunk texts, in batches of 200 as the engine sends them.
 _BARE = (
     "import sys, time; from pathlib import Path; from bench.scenarios import corpus_chunks; "
-    "from syncd.config import Embedder; from syncd.embedders.local import LocalEmbedder; "
-    "texts = corpus_chunks(Path(sys.argv[1]))[: int(sys.argv[2])]; m = LocalEmbedder(Embedder()); "
+    "from syncd.config import EmbedderConfig; from syncd.embedders.local import LocalEmbedder; "
+    "texts = corpus_chunks(Path(sys.argv[1]))[: int(sys.argv[2])]; m = LocalEmbedder(EmbedderConfig()); "
     "t = time.perf_counter(); c = time.process_time(); "
     "[m.embed_sync(texts[i : i + 200]) for i in range(0, len(texts), 200)]; "
     "print(len(texts) / (time.perf_counter() - t), len(texts) / (time.process_time() - c))"

@@ -2,7 +2,7 @@
 
 The server is the stand-in of tests/qdrant_standin.py in its own process (Qdrant's REST
 API over qdrant-client's local mode, one request at a time), so the figure is a floor
-set by the stand-in, not by a real Qdrant, which takes parallel uploads.
+set by the stand-in, not by a real QdrantConfig, which takes parallel uploads.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import numpy as np
 from bench.corpus import WORDS
 from bench.harness import settings
 from syncd import migrate as migration
-from syncd.config import Qdrant
+from syncd.config import QdrantConfig
 from syncd.store import Identity, PointData, open_store, point_id
 
 
 def fill(path: Path, n: int, dimension: int = 384) -> None:
     rng = np.random.default_rng(0)
-    store = open_store(Qdrant(path=path, collection="syncd"), Identity("local:bench", dimension))
+    store = open_store(
+        QdrantConfig(path=path, collection="syncd"), Identity("local:bench", dimension)
+    )
     for start in range(0, n, 1000):
         batch = []
         for i in range(start, min(start + 1000, n)):

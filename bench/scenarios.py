@@ -83,13 +83,13 @@ def pipeline_overhead(work: Path, files: int, latency: float = 0.0) -> dict[str,
 
 def local_embedder(work: Path, files: int) -> dict[str, Any]:
     """2. First sync with the local model vs. the bare model on the same chunk texts."""
-    from syncd.config import Embedder
+    from syncd.config import EmbedderConfig
     from syncd.embedders.local import LocalEmbedder
 
     root = work / "local"
     write_corpus(root / "docs", files, paragraphs=6, words=80)
     texts = corpus_chunks(root / "docs")
-    model = LocalEmbedder(Embedder())
+    model = LocalEmbedder(EmbedderConfig())
     started = time.perf_counter()
     for i in range(0, len(texts), 200):
         model.embed_sync(texts[i : i + 200])
@@ -215,13 +215,13 @@ def freshness(work: Path, samples: int) -> dict[str, Any]:
 
 def rate_limit(requests: int, rpm: int = 60) -> dict[str, Any]:
     """Issue 3: requests per minute achieved with a deep queue against a limit of `rpm`."""
-    from syncd.config import Embedder
+    from syncd.config import EmbedderConfig
     from syncd.embedders.ai21 import AI21Embedder
 
     api = FakeEmbedAPI().start()
 
     async def go() -> None:
-        e = AI21Embedder(Embedder(**ai21(api, requests_per_minute=rpm, max_concurrency=4)))
+        e = AI21Embedder(EmbedderConfig(**ai21(api, requests_per_minute=rpm, max_concurrency=4)))
         await asyncio.gather(*(e.embed([f"t{i}"], "document") for i in range(requests)))
         await e.aclose()
 

@@ -18,7 +18,7 @@ import numpy as np
 from bench.corpus import document
 from bench.harness import percentile
 from syncd.chunking import chunk_text
-from syncd.config import Embedder, Qdrant
+from syncd.config import EmbedderConfig, QdrantConfig
 from syncd.embedders.local import LocalEmbedder
 from syncd.store import Identity, PointData, SearchQuery, bm25_document, open_store, point_id
 
@@ -51,8 +51,10 @@ def retrieval_quality(work: Path, limit_pairs: int | None = None) -> dict[str, A
     from ranx import Qrels, Run, evaluate  # the bench extra
 
     pairs = faq_pairs()[:limit_pairs]
-    embedder = LocalEmbedder(Embedder(provider="local", model="all-MiniLM-L6-v2"))
-    store = open_store(Qdrant(path=work / "q", collection="faq"), Identity("local:bench", 384))
+    embedder = LocalEmbedder(EmbedderConfig(provider="local", model="all-MiniLM-L6-v2"))
+    store = open_store(
+        QdrantConfig(path=work / "q", collection="faq"), Identity("local:bench", 384)
+    )
     chunks = [
         (doc_id, i, c.text)
         for doc_id, _, answer in pairs
@@ -89,7 +91,9 @@ def retrieval_quality(work: Path, limit_pairs: int | None = None) -> dict[str, A
 def search_latency(work: Path, chunks: int, queries: int = 200) -> dict[str, Any]:
     """Hybrid p50 over `chunks` points of bench-corpus text; random unit vectors for dense."""
     rng = np.random.default_rng(7)
-    store = open_store(Qdrant(path=work / "q", collection="lat"), Identity("local:bench", 384))
+    store = open_store(
+        QdrantConfig(path=work / "q", collection="lat"), Identity("local:bench", 384)
+    )
     texts = [document(i, paragraphs=1, words=120) for i in range(chunks)]
     batch = 2_000
     started = time.perf_counter()

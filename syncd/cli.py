@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,8 +24,8 @@ from syncd.store import MAX_LIMIT, MODES
 # `status` without loading numpy, qdrant-client or the embedders.
 if TYPE_CHECKING:
     from syncd.config import Settings
-    from syncd.engine import Progress, Report
     from syncd.plan import Plan
+    from syncd.report import Progress, Report
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
 
@@ -193,14 +191,14 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 def resync(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    from syncd.engine import Progress
+    from syncd.report import Progress, shown
 
     sources = [settings.source(args.source)] if args.source else settings.sources
     if args.dry_run:
         return _dry_run(settings, sources, args.json, args.allow_delete)
     progress = Progress()
     try:
-        with _progress_display(progress, enabled=not args.json):
+        with shown(progress, enabled=not args.json):
             report = asyncio.run(
                 _resync(settings, sources, args.force, progress, args.allow_delete)
             )
@@ -279,61 +277,6 @@ def _dry_run(settings: Settings, sources: list, as_json: bool, allow_delete: boo
         for directory, error in p["unlisted"].items():
             print(f"  unlisted {directory or '.'}: {error}")
     return EXIT_OK
-
-
-@contextmanager
-def _progress_display(progress: Progress, enabled: bool):
-    """A live bar on a terminal; periodic structured events otherwise."""
-    if not enabled:
-        yield
-        return
-    if sys.stderr.isatty():
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import (
-            Progress as Bar,
-        )
-
-        with Bar(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[texts]} texts embedded"),
-            TimeRemainingColumn(),
-            transient=True,
-        ) as bar:
-            task = bar.add_task("documents", total=None, texts=0)
-            progress.listeners.append(
-                lambda p: bar.update(
-                    task,
-                    total=p.documents_total or None,
-                    completed=p.documents_done,
-                    texts=p.texts_embedded,
-                )
-            )
-            yield
-        return
-    import structlog
-
-    log = structlog.get_logger()
-    last = [time.monotonic()]
-
-    def every_five_seconds(p: Progress) -> None:
-        if time.monotonic() - last[0] >= 5:
-            last[0] = time.monotonic()
-            log.info(
-                "resync_progress",
-                documents_done=p.documents_done,
-                documents_total=p.documents_total,
-                texts_embedded=p.texts_embedded,
-            )
-
-    progress.listeners.append(every_five_seconds)
-    yield
 
 
 # -- status ---------------------------------------------------------------------------------

@@ -91,18 +91,18 @@ Source = Annotated[
 ]
 
 
-class Chunking(Section):
+class ChunkingConfig(Section):
     max_chars: Annotated[int, Field(ge=100)] = 1000
     overlap_chars: Annotated[int, Field(ge=0)] = 100
 
     @model_validator(mode="after")
-    def _overlap_fits(self) -> Chunking:
+    def _overlap_fits(self) -> ChunkingConfig:
         if self.overlap_chars * 2 > self.max_chars:
             raise ValueError("overlap_chars must be at most half of max_chars")
         return self
 
 
-class Embedder(Section):
+class EmbedderConfig(Section):
     provider: Literal["local", "ai21", "openai"] = "local"
     model: str = "all-MiniLM-L6-v2"
     base_url: str | None = None
@@ -114,32 +114,32 @@ class Embedder(Section):
     timeout_seconds: Annotated[float, Field(gt=0)] = 30
 
     @model_validator(mode="after")
-    def _key_is_one_token(self) -> Embedder:
+    def _key_is_one_token(self) -> EmbedderConfig:
         if self.api_key is not None:
             _check_secret(self.api_key, "embedder.api_key")
         return self
 
 
-class Qdrant(Section):
+class QdrantConfig(Section):
     path: Path | None = Path(".syncd/qdrant")
     url: str | None = None
     api_key: SecretStr | None = None
     collection: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "syncd"
 
     @model_validator(mode="after")
-    def _key_is_one_token(self) -> Qdrant:
+    def _key_is_one_token(self) -> QdrantConfig:
         if self.api_key is not None:
             _check_secret(self.api_key, "qdrant.api_key")
         return self
 
 
-class State(Section):
+class StateConfig(Section):
     path: Path = Path(".syncd/state.db")
     # Cached vectors of chunks no longer in use, kept so an undo or a rename back is free.
     vector_retention_days: Annotated[float, Field(ge=0)] = 7
 
 
-class Watch(Section):
+class WatchConfig(Section):
     debounce_seconds: Annotated[float, Field(ge=0)] = 1.0
     rescan_interval_seconds: Annotated[float, Field(ge=0)] = 300
     polling: bool = False
@@ -147,14 +147,14 @@ class Watch(Section):
     verify_interval_seconds: Annotated[float, Field(ge=0)] = 86400
 
 
-class Server(Section):
+class ServerConfig(Section):
     listen: str | None = "127.0.0.1:9187"
     #: Bearer token for every endpoint but /livez and /readyz; required beyond loopback.
     token: SecretStr | None = None
     token_file: Path | None = None
 
     @model_validator(mode="after")
-    def _listen_and_token(self) -> Server:
+    def _listen_and_token(self) -> ServerConfig:
         if self.listen:
             parse_listen(self.listen)
         if self.token is not None and self.token_file is not None:
@@ -215,7 +215,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class Log(Section):
+class LogConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
 
@@ -229,13 +229,13 @@ class Settings(BaseSettings):
     )
 
     sources: Annotated[list[Source], Field(min_length=1)]
-    chunking: Chunking = Chunking()
-    embedder: Embedder = Embedder()
-    qdrant: Qdrant = Qdrant()
-    state: State = State()
-    watch: Watch = Watch()
-    server: Server = Server()
-    log: Log = Log()
+    chunking: ChunkingConfig = ChunkingConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+    qdrant: QdrantConfig = QdrantConfig()
+    state: StateConfig = StateConfig()
+    watch: WatchConfig = WatchConfig()
+    server: ServerConfig = ServerConfig()
+    log: LogConfig = LogConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -370,7 +370,7 @@ def _anchor(settings: Settings, base: Path) -> Settings:
     return settings
 
 
-def api_key(embedder: Embedder) -> tuple[str | None, str]:
+def api_key(embedder: EmbedderConfig) -> tuple[str | None, str]:
     """The key and where it came from (for messages; the key itself is never shown)."""
     if embedder.api_key is not None:
         return embedder.api_key.get_secret_value(), "embedder.api_key"

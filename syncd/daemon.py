@@ -24,12 +24,13 @@ import structlog
 
 from syncd import metrics
 from syncd.config import FolderSource, RedisSource, Settings, parse_listen
-from syncd.engine import Engine, Report, opened
+from syncd.engine import Engine, opened
 from syncd.errors import BackendUnavailable, ConfigError, SourceUnavailable, SyncdError
 from syncd.http import HealthServer
 from syncd.memory import trim_heap
 from syncd.notify import Notifier
 from syncd.plan import folder_plan
+from syncd.report import Report
 from syncd.sources import folder
 from syncd.store import Hit, SearchQuery
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -28,6 +28,7 @@ from syncd.extract import Extracted
 from syncd.extract_pool import ExtractPool
 from syncd.plan import Delete, Plan, Upsert, folder_plan, repair_plan, text_hash
 from syncd.rebuild import Rebuilt, rebuild_state
+from syncd.report import Failure, Progress, Report
 from syncd.sources import folder, source_status
 from syncd.state import State, Synced, open_state
 from syncd.store import Hit, Identity, PointData, SearchQuery, Store, open_store, point_id
@@ -39,60 +40,6 @@ log = structlog.get_logger()
 
 # Documents read and extracted at once (threads; kreuzberg and file reads release the GIL).
 EXTRACT_CONCURRENCY = 4
-
-
-@dataclass(frozen=True)
-class Failure:
-    source: str
-    path: str
-    reason: str
-    #: The embedding API rejected its text: trying the same text again cannot help.
-    rejected: bool = False
-
-
-@dataclass
-class Report:
-    added: int = 0
-    updated: int = 0
-    deleted: int = 0
-    unchanged: int = 0
-    failed: int = 0
-    skipped: int = 0
-    texts_embedded: int = 0
-    seconds: float = 0.0
-    failures: list[Failure] = field(default_factory=list)
-    #: Deletions held back by the mass-deletion guard (`--allow-delete` applies them).
-    held: int = 0
-    #: "source/dir: error" for what could not be listed; the documents under it are kept.
-    unlisted: list[str] = field(default_factory=list)
-    #: Source → why it looks unmounted (missing or empty root); nothing of it was deleted.
-    unavailable: dict[str, str] = field(default_factory=dict)
-
-    def merge(self, other: Report) -> None:
-        for name in asdict(other):
-            mine, theirs = getattr(self, name), getattr(other, name)
-            setattr(self, name, mine | theirs if isinstance(mine, dict) else mine + theirs)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Report:
-        failures = [Failure(**f) for f in data.get("failures", [])]
-        return cls(**{**data, "failures": failures})
-
-
-@dataclass
-class Progress:
-    """Live counters for a progress display; the engine only increments them."""
-
-    documents_total: int = 0
-    documents_done: int = 0
-    texts_embedded: int = 0
-    listeners: list[Callable[[Progress], None]] = field(default_factory=list)
-
-    def advance(self, documents: int = 0, texts: int = 0) -> None:
-        self.documents_done += documents
-        self.texts_embedded += texts
-        for listener in self.listeners:
-            listener(self)
 
 
 @dataclass

@@ -34,10 +34,9 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from syncd import metrics
-from syncd.config import Server as ServerConfig
-from syncd.config import parse_listen
-from syncd.engine import Report
+from syncd.config import ServerConfig, parse_listen
 from syncd.errors import BackendUnavailable, ConfigError, SyncdError
+from syncd.report import Report
 from syncd.store import Hit, SearchQuery, parse_where
 
 if TYPE_CHECKING:

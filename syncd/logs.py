@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import structlog
 
 if TYPE_CHECKING:
-    from syncd.config import Log
+    from syncd.config import LogConfig
 
 
-def configure_logging(config: Log) -> None:
+def configure_logging(config: LogConfig) -> None:
     fmt = config.format
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"

@@ -33,7 +33,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from syncd.config import Qdrant, Settings
+from syncd.config import QdrantConfig, Settings
 from syncd.errors import BackendUnavailable, ConfigError, SyncdError
 from syncd.state import CopyProgress, State
 from syncd.store import Record, Store, open_store
@@ -91,13 +91,13 @@ def migrate(
         raise ConfigError("qdrant.path: migrate needs the embedded store's directory")
     if page < 1 or parallel < 1:
         raise ConfigError("--batch-size and --parallel must be at least 1")
-    server = Qdrant(
+    server = QdrantConfig(
         path=None,
         url=url,
         api_key=api_key,
         collection=collection or settings.qdrant.collection,
     )
-    embedded = Qdrant(path=settings.qdrant.path, collection=settings.qdrant.collection)
+    embedded = QdrantConfig(path=settings.qdrant.path, collection=settings.qdrant.collection)
     source_config, target_config = (embedded, server) if direction == "to" else (server, embedded)
     report = MigrateReport(direction, url, server.collection)
     key = f"{direction} {url} {server.collection}"
@@ -237,7 +237,7 @@ def _alike(a: object, b: object) -> bool:
     return a == b
 
 
-def _where(config: Qdrant) -> str:
+def _where(config: QdrantConfig) -> str:
     return (
         f"{config.url} ({config.collection})"
         if config.url

@@ -12,11 +12,11 @@ import pytest
 import qdrant_edge as qe
 import yaml
 
-from syncd.config import Embedder as EmbedderConfig
-from syncd.config import Settings, load_config
+from syncd.config import EmbedderConfig, Settings, load_config
 from syncd.embedders import Kind
 from syncd.embedders.local import LocalEmbedder
-from syncd.engine import Report, opened
+from syncd.engine import opened
+from syncd.report import Report
 
 
 class CountingEmbedder:

@@ -38,12 +38,12 @@ def test_query_embedding_uses_the_same_space(local_model):
 
 
 def test_other_models_are_refused():
-    from syncd.config import Embedder
+    from syncd.config import EmbedderConfig
     from syncd.embedders.local import LocalEmbedder
     from syncd.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"embedder\.model"):
-        LocalEmbedder(Embedder(model="bge-small"))
+        LocalEmbedder(EmbedderConfig(model="bge-small"))
 
 
 def test_vectors_match_the_packaged_graph_as_shipped(local_model):

@@ -13,18 +13,19 @@ import structlog
 from conftest import points
 from fake_embed import fake_vector
 
-from syncd.config import Embedder, load_config
+from syncd.config import EmbedderConfig, load_config
 from syncd.embedders import make_embedder
 from syncd.embedders.ai21 import AI21Embedder
 from syncd.embedders.openai import OpenAIEmbedder
-from syncd.engine import Report, opened
+from syncd.engine import opened
 from syncd.errors import BackendUnavailable, EmbedAuth, EmbedRejected
+from syncd.report import Report
 from syncd.store import SearchQuery
 
 KEY = "test-key"
 
 
-def config(api, provider="ai21", **kw) -> Embedder:
+def config(api, provider="ai21", **kw) -> EmbedderConfig:
     base = api.url if provider == "ai21" else f"{api.url}/v1"
     values = {
         "provider": provider,
@@ -33,7 +34,7 @@ def config(api, provider="ai21", **kw) -> Embedder:
         "api_key": KEY,
         "requests_per_minute": 60_000,
     } | kw
-    return Embedder(**values)
+    return EmbedderConfig(**values)
 
 
 def run(coro):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from syncd import migrate as migration
-from syncd.config import Qdrant, load_config
+from syncd.config import QdrantConfig, load_config
 from syncd.engine import opened
 from syncd.errors import SyncdError
 from syncd.state import State
@@ -29,7 +29,9 @@ SOURCES = [{"name": "docs", "path": "./docs"}, {"name": "notes", "path": "./note
 def fill_embedded(path: Path, n: int) -> None:
     """`n` points of two sources, written by syncd's own store (BM25 from the text)."""
     rng = np.random.default_rng(7)
-    store = open_store(Qdrant(path=path, collection="syncd"), Identity("local:test", DIMENSION))
+    store = open_store(
+        QdrantConfig(path=path, collection="syncd"), Identity("local:test", DIMENSION)
+    )
     points = []
     for i in range(n):
         source, path_, index = ("notes" if i % 3 == 0 else "docs"), f"doc{i // 10}.md", i % 10
@@ -52,7 +54,7 @@ def fill_embedded(path: Path, n: int) -> None:
     store.close()
 
 
-def every_point(config: Qdrant) -> dict[str, Record]:
+def every_point(config: QdrantConfig) -> dict[str, Record]:
     store = open_store(config, None, create=False)
     out, offset = {}, None
     while True:
@@ -64,7 +66,7 @@ def every_point(config: Qdrant) -> dict[str, Record]:
     return out
 
 
-def searches(config: Qdrant) -> list[list[tuple[float, str, str, int]]]:
+def searches(config: QdrantConfig) -> list[list[tuple[float, str, str, int]]]:
     """Hits of each mode, as (score, source, path, chunk_index).
 
     RRF gives equal scores to equal ranks of the two lists, and engines order such ties
@@ -120,8 +122,8 @@ def test_migrate_to_a_server_survives_kill_9_and_copies_every_point_exactly(proj
     assert f"url: {standin.url}" in resumed.stdout
     assert "verified the counts of 2 sources and 100 points" in resumed.stdout
 
-    embedded = Qdrant(path=project / "q", collection="syncd")
-    server = Qdrant(path=None, url=standin.url, collection="syncd")
+    embedded = QdrantConfig(path=project / "q", collection="syncd")
+    server = QdrantConfig(path=None, url=standin.url, collection="syncd")
     before, after = every_point(embedded), every_point(server)
     assert len(after) == 10_000 and set(after) == set(before)
     for pid, r in before.items():
@@ -174,9 +176,9 @@ def test_migrate_from_a_server_gives_an_embedded_copy_that_resyncs_without_embed
 
 def test_verify_finds_a_point_that_differs(tmp_path, make_standin):
     fill_embedded(tmp_path / "q", 50)
-    source = open_store(Qdrant(path=tmp_path / "q", collection="syncd"), None, create=False)
+    source = open_store(QdrantConfig(path=tmp_path / "q", collection="syncd"), None, create=False)
     standin = make_standin()
-    target = open_store(Qdrant(path=None, url=standin.url, collection="c"), source.identity)
+    target = open_store(QdrantConfig(path=None, url=standin.url, collection="c"), source.identity)
     records, _ = source.scroll(None, 100)
     target.upsert_records(records)
     assert migration.verify(source, target) == ({"docs": 33, "notes": 17}, 50)

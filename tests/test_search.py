@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from syncd.config import Embedder, Qdrant
+from syncd.config import EmbedderConfig, QdrantConfig
 from syncd.embedders.local import LocalEmbedder
 from syncd.errors import ConfigError
 from syncd.store import Identity, PointData, SearchQuery, open_store, point_id
@@ -53,7 +53,7 @@ COMMAND = "notes/release-2.3.md"
 
 @pytest.fixture(scope="module")
 def embedder() -> LocalEmbedder:
-    return LocalEmbedder(Embedder(provider="local", model="all-MiniLM-L6-v2"))
+    return LocalEmbedder(EmbedderConfig(provider="local", model="all-MiniLM-L6-v2"))
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +77,10 @@ def points(embedder) -> list[PointData]:
     ]
 
 
-def _config(kind: str, tmp_path) -> Qdrant:
+def _config(kind: str, tmp_path) -> QdrantConfig:
     if kind == "edge":
-        return Qdrant(path=tmp_path / "q", collection="c")
-    return Qdrant(path=None, url=":memory:", collection="c")
+        return QdrantConfig(path=tmp_path / "q", collection="c")
+    return QdrantConfig(path=None, url=":memory:", collection="c")
 
 
 @pytest.fixture(params=["edge", "server"])

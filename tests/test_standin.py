@@ -19,7 +19,7 @@ from qdrant_client import models as m
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from standin_process import StandinProcess
 
-from syncd.config import Qdrant
+from syncd.config import QdrantConfig
 from syncd.errors import BackendUnavailable
 from syncd.store import Identity, PointData, SearchQuery, open_store, point_id
 
@@ -239,7 +239,7 @@ def test_errors_come_back_as_qdrant_shapes_them(client, standin):
 
 
 def test_syncd_server_store_upserts_counts_and_searches(standin):
-    config = Qdrant(path=None, url=standin.url, collection="syncd")
+    config = QdrantConfig(path=None, url=standin.url, collection="syncd")
     store = open_store(config, Identity("local:test", 4))
     direction = np.array(unit(1, 0, 0, 0), dtype=np.float32)
     other = np.array(unit(0, 1, 0, 0), dtype=np.float32)
@@ -272,7 +272,7 @@ def test_data_survives_a_stop_and_a_kill_and_outages_are_backend_unavailable(mak
         [m.CreateAliasOperation(create_alias=m.CreateAlias(collection_name="kept", alias_name="k"))]
     )
     store = open_store(
-        Qdrant(path=None, url=standin.url, collection="syncd"), Identity("local:test", 4)
+        QdrantConfig(path=None, url=standin.url, collection="syncd"), Identity("local:test", 4)
     )
     url = standin.url
     standin.stop()
@@ -301,7 +301,7 @@ def test_a_wrong_or_missing_api_key_is_refused(make_standin):
         warnings.filterwarnings("ignore", "Api key is used with an insecure connection")
         wrong = standin.client(api_key="wrong-key")
         right = standin.client(api_key="right-key")
-        store_config = Qdrant(path=None, url=standin.url, api_key="wrong-key", collection="c")
+        store_config = QdrantConfig(path=None, url=standin.url, api_key="wrong-key", collection="c")
         with pytest.raises(BackendUnavailable, match="refused the credentials"):
             open_store(store_config, Identity("local:test", 4))
     with pytest.raises(UnexpectedResponse) as refused:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from syncd.config import Qdrant
+from syncd.config import QdrantConfig
 from syncd.errors import StoreMismatch
 from syncd.store import Identity, PointData, SearchQuery, open_store, point_id
 
@@ -13,10 +13,10 @@ IDENTITY = Identity("local:test", 4)
 
 
 @pytest.fixture(params=["edge", "server"])
-def config(request, tmp_path) -> Qdrant:
+def config(request, tmp_path) -> QdrantConfig:
     if request.param == "edge":
-        return Qdrant(path=tmp_path / "q", collection="c")
-    return Qdrant(path=None, url=":memory:", collection="c")
+        return QdrantConfig(path=tmp_path / "q", collection="c")
+    return QdrantConfig(path=None, url=":memory:", collection="c")
 
 
 def vec(*xs: float) -> np.ndarray:
@@ -67,7 +67,7 @@ def test_search_ranks_by_cosine_and_filters_by_source(config):
 
 
 def test_edge_collection_built_by_another_embedder_is_refused(tmp_path):
-    config = Qdrant(path=tmp_path / "q", collection="c")
+    config = QdrantConfig(path=tmp_path / "q", collection="c")
     store = open_store(config, IDENTITY)
     store.upsert(doc_points("s", "a.md", 2, vec(1, 0, 0, 0)))
     store.close()
@@ -140,7 +140,7 @@ def test_old_edge_shard_is_upgraded_on_open_without_embedding(tmp_path):
     _old_edge_shard(path, _old_points())
     # No embedder exists here: the upgrade can only copy vectors and read payload texts.
     with capture_logs() as logs:
-        store = open_store(Qdrant(path=tmp_path / "q", collection="c"), IDENTITY)
+        store = open_store(QdrantConfig(path=tmp_path / "q", collection="c"), IDENTITY)
     assert [e["event"] for e in logs] == ["store_upgrade_started", "store_upgrade_finished"]
     assert json.loads((path / "edge_config.json").read_text())["sparse_vectors"] == {
         "bm25": {"modifier": "idf"}
@@ -154,7 +154,7 @@ def test_old_edge_shard_is_upgraded_on_open_without_embedding(tmp_path):
     assert dense[0].score == pytest.approx(1.0, abs=1e-5)
     store.close()
     with capture_logs() as logs:
-        open_store(Qdrant(path=tmp_path / "q", collection="c"), IDENTITY).close()
+        open_store(QdrantConfig(path=tmp_path / "q", collection="c"), IDENTITY).close()
     assert logs == []
 
 
@@ -162,17 +162,17 @@ def test_edge_upgrade_interrupted_by_a_crash_is_finished_on_next_open(tmp_path):
     root = tmp_path / "q"
     root.mkdir()
     # The crash fell between the two renames: the complete new shard waits at .upgrade.
-    open_store(Qdrant(path=tmp_path / "new", collection="c"), IDENTITY).close()
+    open_store(QdrantConfig(path=tmp_path / "new", collection="c"), IDENTITY).close()
     (tmp_path / "new" / "c").rename(root / "c.upgrade")
     _old_edge_shard(root / "c.old", _old_points())
-    store = open_store(Qdrant(path=root, collection="c"), IDENTITY)
+    store = open_store(QdrantConfig(path=root, collection="c"), IDENTITY)
     assert sorted(p.name for p in root.iterdir()) == ["c"]
     assert store.count("s") == 0
     store.close()
     # A staging shard beside a shard still of the old layout is incomplete: built again.
     _old_edge_shard(root / "d", _old_points())
     (root / "d.upgrade").mkdir()
-    store = open_store(Qdrant(path=root, collection="d"), IDENTITY)
+    store = open_store(QdrantConfig(path=root, collection="d"), IDENTITY)
     assert store.count("s") == 3
     store.close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from syncd.config import Embedder as EmbedderConfig
+from syncd.config import EmbedderConfig
 
 if TYPE_CHECKING:
     import numpy as np

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from syncd.config import AI21_MAX_BATCH, AI21_MAX_CHARS
-from syncd.config import Embedder as EmbedderConfig
+from syncd.config import AI21_MAX_BATCH, AI21_MAX_CHARS, EmbedderConfig
 from syncd.embedders import Kind
-from syncd.embedders.http import RemoteEmbedder
+from syncd.embedders.remote import RemoteEmbedder
 from syncd.errors import EmbedRejected
 
 # Documents are embedded as segments, search queries as queries: AI21 tunes each.

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from syncd.config import Embedder as EmbedderConfig
+from syncd.config import EmbedderConfig
 from syncd.embedders import Kind
 from syncd.errors import ConfigError
 from syncd.memory import trim_heap

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from syncd.embedders import Kind
-from syncd.embedders.http import RemoteEmbedder
+from syncd.embedders.remote import RemoteEmbedder
 
 
 class OpenAIEmbedder(RemoteEmbedder):

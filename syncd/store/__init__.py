@@ -23,7 +23,7 @@ from syncd.errors import ConfigError, StoreMismatch
 if TYPE_CHECKING:  # annotations only: the CLI imports this module to parse its arguments
     import numpy as np
 
-    from syncd.config import Qdrant as QdrantConfig
+    from syncd.config import QdrantConfig
 
 # Fixed forever: changing it would change every point id.
 _NAMESPACE = uuid.UUID("6f1c1d64-5c1e-4b44-9a59-3a5f0e0c7d21")
@@ -31,6 +31,8 @@ KEYWORD_FIELDS = ("source", "path")
 # An integer index serves `trim` (chunk_index >= keep) and `document` (chunk order).
 INTEGER_FIELDS = ("chunk_index",)
 DENSE = "dense"
+# Facets count every distinct value: the largest limit Qdrant accepts.
+FACET_LIMIT = 2**31 - 1
 BM25 = "bm25"
 # Qdrant's default; on the bench's Python FAQ set k=60 (Cormack et al.) fell below dense.
 RRF_K = 2

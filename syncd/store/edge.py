@@ -25,6 +25,7 @@ from syncd.errors import StoreError, StoreLocked
 from syncd.store import (
     BM25,
     DENSE,
+    FACET_LIMIT,
     INTEGER_FIELDS,
     KEYWORD_FIELDS,
     RRF_K,
@@ -47,7 +48,6 @@ from syncd.store import (
 log = structlog.get_logger(__name__)
 
 IDENTITY_FILE = "syncd.json"
-_FACET_LIMIT = 2**31 - 1
 _SCHEMAS = {
     **dict.fromkeys(KEYWORD_FIELDS, qe.PayloadSchemaType.Keyword),
     **dict.fromkeys(INTEGER_FIELDS, qe.PayloadSchemaType.Integer),
@@ -125,7 +125,7 @@ class EdgeStore:
         return _call(self._shard.count, request)
 
     def _facet(self, key: str, where: qe.Filter | None) -> dict[str, int]:
-        request = qe.FacetRequest(key=key, limit=_FACET_LIMIT, exact=True, filter=where)
+        request = qe.FacetRequest(key=key, limit=FACET_LIMIT, exact=True, filter=where)
         return {str(h.value): h.count for h in _call(self._shard.facet, request).hits}
 
     def _paths(self, where: qe.Filter | None) -> dict[str, int]:

@@ -20,11 +20,12 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as m
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from syncd.config import Qdrant as QdrantConfig
+from syncd.config import QdrantConfig
 from syncd.errors import BackendUnavailable, StoreError, SyncdError
 from syncd.store import (
     BM25,
     DENSE,
+    FACET_LIMIT,
     INTEGER_FIELDS,
     KEYWORD_FIELDS,
     RRF_K,
@@ -46,7 +47,6 @@ from syncd.store import (
 
 log = structlog.get_logger(__name__)
 
-_FACET_LIMIT = 2**31 - 1
 _SCHEMAS = {
     **dict.fromkeys(KEYWORD_FIELDS, m.PayloadSchemaType.KEYWORD),
     **dict.fromkeys(INTEGER_FIELDS, m.PayloadSchemaType.INTEGER),
@@ -255,7 +255,7 @@ class ServerStore:
     def _facet(self, key: str, where: m.Filter | None) -> dict[str, int]:
         with _translated():
             result = self._client.facet(
-                self._collection, key=key, limit=_FACET_LIMIT, exact=True, facet_filter=where
+                self._collection, key=key, limit=FACET_LIMIT, exact=True, facet_filter=where
             )
         return {str(h.value): h.count for h in result.hits}
 

@@ -28,8 +28,7 @@ from tenacity import (
 )
 
 from syncd import metrics
-from syncd.config import Embedder as EmbedderConfig
-from syncd.config import api_key
+from syncd.config import EmbedderConfig, api_key
 from syncd.credentials import redact
 from syncd.embedders import Kind
 from syncd.errors import BackendUnavailable, EmbedAuth, EmbedRejected, EmbedTransient
