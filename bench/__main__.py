@@ -92,8 +92,9 @@ def main() -> None:
             print(f"running {name} ...", flush=True)
             results[name] = run(work)
             results[name]["wall_seconds"] = time.perf_counter() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            # Saved after every scenario: a failure late in a long run keeps the rest.
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     plot(results, args.out / "results.png")
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'results.png'}")

@@ -32,8 +32,10 @@ _CLI = (
 # The bare model on the same chunk texts, in batches of 200 as the engine sends them.
 _BARE = (
     "import sys, time; from pathlib import Path; from bench.scenarios import corpus_chunks; "
-    "from syncd.config import EmbedderConfig; from syncd.embedders.local import LocalEmbedder; "
-    "texts = corpus_chunks(Path(sys.argv[1]))[: int(sys.argv[2])]; m = LocalEmbedder(EmbedderConfig()); "
+    # The baseline's tree names the settings model Embedder; this one EmbedderConfig.
+    "from syncd import config; from syncd.embedders.local import LocalEmbedder; "
+    "Cfg = getattr(config, 'EmbedderConfig', None) or config.Embedder; "
+    "texts = corpus_chunks(Path(sys.argv[1]))[: int(sys.argv[2])]; m = LocalEmbedder(Cfg()); "
     "t = time.perf_counter(); c = time.process_time(); "
     "[m.embed_sync(texts[i : i + 200]) for i in range(0, len(texts), 200)]; "
     "print(len(texts) / (time.perf_counter() - t), len(texts) / (time.process_time() - c))"
