@@ -7,6 +7,7 @@ runs from there, so both sides see the same corpus, interpreter and machine load
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 
 from bench.corpus import write_corpus
 from bench.harness import free_port, settings, until
+from bench.scenarios import corpus_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 # The commit before the local model was slimmed down (issue 19).
@@ -29,13 +31,14 @@ _CLI = (
     "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]; "
     "print(hwm.split()[1], file=sys.stderr); sys.exit(code)"
 )
-# The bare model on the same chunk texts, in batches of 200 as the engine sends them.
+# The bare model on the same chunk texts for both trees (this tree's chunks, read from a
+# JSON file), in batches of 200 as the engine sends them.
 _BARE = (
-    "import sys, time; from pathlib import Path; from bench.scenarios import corpus_chunks; "
+    "import json, sys, time; "
     # The baseline's tree names the settings model Embedder; this one EmbedderConfig.
     "from syncd import config; from syncd.embedders.local import LocalEmbedder; "
     "Cfg = getattr(config, 'EmbedderConfig', None) or config.Embedder; "
-    "texts = corpus_chunks(Path(sys.argv[1]))[: int(sys.argv[2])]; m = LocalEmbedder(Cfg()); "
+    "texts = json.load(open(sys.argv[1])); m = LocalEmbedder(Cfg()); "
     "t = time.perf_counter(); c = time.process_time(); "
     "[m.embed_sync(texts[i : i + 200]) for i in range(0, len(texts), 200)]; "
     "print(len(texts) / (time.perf_counter() - t), len(texts) / (time.process_time() - c))"
@@ -153,10 +156,12 @@ def memory(
     if baseline:
         trees["before"] = _checkout(baseline, work / "before-tree")
     out: dict[str, Any] = {"files": files, "baseline": baseline}
+    chunks = work / "texts.json"
+    chunks.write_text(json.dumps(corpus_chunks(docs)[:texts]))
     rates: dict[str, list[tuple[float, float]]] = {side: [] for side in trees}
     for _ in range(rounds):
         for side, tree in trees.items():
-            line = _python(_BARE, str(docs), str(texts), tree=tree).stdout.split()
+            line = _python(_BARE, str(chunks), tree=tree).stdout.split()
             rates[side].append((float(line[0]), float(line[1])))
     for side, tree in trees.items():
         out[side] = _side(tree, work / side, docs, with_daemon, idle)
