@@ -188,9 +188,10 @@ def test_edge_and_server_give_the_same_hits(tmp_path, points, embedder):
         if len(set(keyword_scores)) == len(keyword_scores):
             assert found["hybrid"][0] == found["hybrid"][1], text
             fused_compared += 1
-        assert max(found["hybrid"][0], key=found["hybrid"][0].get) == max(
-            found["hybrid"][1], key=found["hybrid"][1].get
-        )
+        # The best hybrid hit is the same; two documents tied for it (one first by dense and
+        # second by BM25, the other the reverse) may come in either engine's order.
+        best = [{p for p, v in f.items() if v == max(f.values())} for f in found["hybrid"]]
+        assert best[0] == best[1], text
     assert fused_compared >= 2
     for s in stores:
         s.close()
