@@ -164,30 +164,17 @@ class ServerStore:
         if self._client.collection_exists(staging):
             self._client.delete_collection(staging)
         self._create(staging, identity)
-        offset = None
-        while True:
-            records, offset = self._client.scroll(
-                self._collection,
-                limit=UPGRADE_BATCH,
-                offset=offset,
-                with_payload=True,
-                with_vectors=True,
+        batch: list[m.PointStruct] = []
+        for r in self._scroll(None, with_vectors=True):
+            bm25 = _sparse(bm25_document((r.payload or {}).get("text", "")))
+            batch.append(
+                m.PointStruct(id=r.id, vector={DENSE: r.vector, BM25: bm25}, payload=r.payload)
             )
-            points = [
-                m.PointStruct(
-                    id=r.id,
-                    vector={
-                        DENSE: r.vector,
-                        BM25: _sparse(bm25_document((r.payload or {}).get("text", ""))),
-                    },
-                    payload=r.payload,
-                )
-                for r in records
-            ]
-            if points:
-                self._client.upsert(staging, points, wait=True)
-            if offset is None:
-                break
+            if len(batch) == UPGRADE_BATCH:
+                self._client.upsert(staging, batch, wait=True)
+                batch = []
+        if batch:
+            self._client.upsert(staging, batch, wait=True)
         self._client.delete_collection(self._collection)
         self._alias(staging)
         log.info("store_upgrade_finished", collection=self._collection, points=total)
@@ -315,7 +302,7 @@ class ServerStore:
             with _translated():
                 self._client.delete(self._collection, m.PointIdsList(points=ids), wait=True)
 
-    def _scroll(self, where: m.Filter, with_vectors: bool | list[str]) -> Iterator[m.Record]:
+    def _scroll(self, where: m.Filter | None, with_vectors: bool | list[str]) -> Iterator[m.Record]:
         offset = None
         while True:
             with _translated():
