@@ -208,24 +208,30 @@ class Daemon:
         verify_every = self.settings.watch.verify_interval_seconds
         next_verify = time.monotonic() + verify_every if verify_every else float("inf")
         debounce = self.settings.watch.debounce_seconds
+        worked = True  # the first reconcile, just before
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_rescan:
                 await self._until_done(self._rescan, stop)
                 next_rescan = self._next_rescan(rescan)
+                worked = True
                 continue
             if now >= next_verify:
                 await self._until_done(self._verify, stop)
                 next_verify = time.monotonic() + verify_every
+                worked = True
                 continue
             due = self._take_due(now, debounce)
             if due:
                 await self._until_done(functools.partial(self._sync_hints, due), stop)
+                worked = True
                 continue
             wait = min([next_rescan - now, next_verify - now, *self._deadlines(debounce, now), 5.0])
             notifier.status(self._summary())
-            if not self.busy.locked():
-                trim_heap()  # idle now: what the last batch peaked at goes back to the OS
+            if worked and not self.busy.locked():
+                # Idle now: what the last batch peaked at goes back to the OS, once.
+                trim_heap()
+                worked = False
             self.wake.clear()
             stop_task = asyncio.ensure_future(stop.wait())
             wake_task = asyncio.ensure_future(self.wake.wait())
