@@ -36,14 +36,15 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 _SEPARATOR = "\n\n"
 # CJK full stop, exclamation, question mark, semicolon: boundaries with no space after.
 _CJK_STOPS = "\u3002\uff01\uff1f\uff1b"
-_BOUNDARY = re.compile(rf"\s+|(?<=[{_CJK_STOPS}])(?=\S)")
 _SENTENCE_END = frozenset(".!?\u2026\"')]\u201d\u2019" + _CJK_STOPS)
 _HEADING = re.compile(r"#{1,6}\s")
 _HEADINGS_ONLY = re.compile(r"(?:#{1,6}[ \t][^\n]*\s*)+")
-#: Ranks: a boundary's strength plus its hash in [0, 1), so strength always wins.
+#: Strengths of boundaries; a rank is a strength plus a hash in [0, 1).
 _AFTER_HEADING, _WORD, _SENTENCE, _LINE, _PARAGRAPH = range(-1, 4)
 
 
@@ -92,50 +93,90 @@ def chunk_text(
 
 class _Page:
     """One page's boundaries: `ends[i]` where the text before boundary i ends, `afters[i]`
-    where the text after it starts, `ranks[i]` how good a cut it is."""
+    where the text after it starts, `strengths[i]` its kind; `rank(i)` how good a cut it is.
+
+    Boundaries are runs of whitespace and the gap after a CJK stop. Most are spaces between
+    words, which only count where no stronger boundary is near: they are found and ranked
+    with numpy over the whole page, and hashed only when a comparison needs it.
+    """
 
     def __init__(self, text: str, markdown: bool, radius: int) -> None:
         self.text = text
-        self.ends: list[int] = []
-        self.afters: list[int] = []
-        self.ranks: list[float] = []
+        kind = _KIND[np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)]
+        ends, afters = _boundaries(kind)
+        self.ends: list[int] = ends.tolist()
+        self.afters: list[int] = afters.tolist()
+        stop = (kind[ends - 1] & _STOP).astype(bool)
+        # A single space is a word boundary, or a sentence's end after a full stop.
+        single = (afters - ends == 1) & (kind[ends] & _BLANK).astype(bool)
+        strengths = np.where(single & stop, _SENTENCE, _WORD)
+        self._ranks: list[float | None] = [None] * len(ends)
         headings: list[int] = []
-        for m in _BOUNDARY.finditer(text):
-            end, after = m.span()
-            if end == 0 or after == len(text):
-                continue
-            breaks = m.group().count("\n")
+        # The rest (line breaks, runs of spaces, CJK stops) are few: one by one.
+        for i in np.flatnonzero(~single).tolist():
+            end, after = self.ends[i], self.afters[i]
+            breaks = text.count("\n", end, after)
             if markdown and breaks and _HEADING.match(text, after):
-                headings.append(len(self.ends))
+                headings.append(i)
             if markdown and breaks and _HEADING.match(text, text.rfind("\n", 0, end) + 1):
-                strength = _AFTER_HEADING  # a heading stays with the text under it
+                strengths[i] = _AFTER_HEADING  # a heading stays with the text under it
             elif breaks:
-                strength = _PARAGRAPH if breaks >= 2 else _LINE
-            else:
-                strength = _SENTENCE if text[end - 1] in _SENTENCE_END else _WORD
-            # The text right after a boundary decides its hash: text appended to a
-            # paragraph leaves the paragraph break's rank alone.
-            digest = zlib.crc32(text[after : after + 16].encode("utf-8", "surrogatepass"))
-            self.ends.append(end)
-            self.afters.append(after)
-            self.ranks.append(strength + digest / 2**32)
-        self.segment_ends = sorted({*self._anchors(radius), *headings})
+                strengths[i] = _PARAGRAPH if breaks >= 2 else _LINE
+            elif stop[i]:
+                strengths[i] = _SENTENCE
+        self.strengths: list[int] = strengths.tolist()
+        self.segment_ends = sorted({*self._anchors(ends, strengths, radius), *headings})
 
-    def _anchors(self, radius: int) -> list[int]:
-        """Boundaries that outrank all others within `radius` characters (a sliding max)."""
-        ends, ranks = self.ends, self.ranks
+    def rank(self, i: int) -> float:
+        """Strength plus a hash in [0, 1), so strength always wins. The text right after a
+        boundary decides its hash: text appended to a paragraph leaves its rank alone."""
+        r = self._ranks[i]
+        if r is None:
+            after = self.afters[i]
+            digest = zlib.crc32(self.text[after : after + 16].encode("utf-8", "surrogatepass"))
+            r = self._ranks[i] = self.strengths[i] + digest / 2**32
+        return r
+
+    def _anchors(self, ends: np.ndarray, strengths: np.ndarray, radius: int) -> list[int]:
+        """Boundaries that outrank all others within `radius` characters.
+
+        One that has a stronger boundary within reach cannot be an anchor; among those of
+        one strength, a sliding maximum over that strength's boundaries alone decides.
+        """
+        if not len(ends):
+            return []
+        top = strengths.copy()  # the strongest kind of boundary within reach of each
+        for level in sorted(set(self.strengths))[1:]:
+            stronger = ends[strengths >= level]
+            near = np.searchsorted(stronger, ends + radius, "right") > np.searchsorted(
+                stronger, ends - radius, "left"
+            )
+            top[near] = np.maximum(top[near], level)
+        # The page's ends outrank everything: no anchor leaves a stub at either end.
+        inside = (ends > radius) & (ends < len(self.text) - radius)
+        out: list[int] = []
+        for level in set(strengths[(top == strengths) & inside].tolist()):
+            of_level = np.flatnonzero(strengths == level).tolist()
+            out += self._level_maxima(of_level, radius)
+        return [i for i in sorted(out) if inside[i] and top[i] == strengths[i]]
+
+    def _level_maxima(self, indices: list[int], radius: int) -> list[int]:
+        """Of these boundaries, those ranked above all the others within `radius`
+        (a sliding-window maximum; of equal ranks the later one wins)."""
+        ends, rank = self.ends, self.rank
         window: deque[int] = deque()
         out, right = [], 0
-        for i, end in enumerate(ends):
-            while right < len(ends) and ends[right] <= end + radius:
-                while window and ranks[window[-1]] <= ranks[right]:
+        for i in indices:
+            end = ends[i]
+            while right < len(indices) and ends[indices[right]] <= end + radius:
+                j = indices[right]
+                while window and rank(window[-1]) <= rank(j):
                     window.pop()
-                window.append(right)
+                window.append(j)
                 right += 1
             while ends[window[0]] < end - radius:
                 window.popleft()
-            # The page's ends outrank everything: no anchor leaves a stub at either end.
-            if window[0] == i and radius < end < len(self.text) - radius:
+            if window[0] == i:
                 out.append(i)
         return out
 
@@ -165,16 +206,45 @@ class _Page:
         # The fewest chunks that hold the rest of the segment after this one.
         later = -(-(stop - start - room) // room_after)
         lowest = max(start + 1, stop - later * room_after)
-        ends, ranks = self.ends, self.ranks
+        ends = self.ends
         first, last = bisect_left(ends, lowest), bisect_right(ends, start + room)
         if first < last:
-            best = max(range(first, last), key=ranks.__getitem__)
+            strongest = max(self.strengths[first:last])
+            best = max(
+                (i for i in range(first, last) if self.strengths[i] == strongest),
+                key=self.rank,
+            )
             return ends[best], self.afters[best]
         last -= 1
         if last >= 0 and ends[last] > start:
             return ends[last], self.afters[last]
         end = _hard_cut(self.text, start, start + room)
         return end, end
+
+
+# What each code point is, as bit flags, looked up for a whole text at once (1.1 MB).
+_SPACE, _STOP, _CJK, _BLANK = 1, 2, 4, 8
+_KIND = np.zeros(0x110000, np.uint8)
+_KIND[[c for c in range(0x3001) if chr(c).isspace()]] |= _SPACE
+_KIND[[ord(c) for c in _SENTENCE_END]] |= _STOP
+_KIND[[ord(c) for c in _CJK_STOPS]] |= _CJK
+_KIND[ord(" ")] |= _BLANK
+
+
+def _boundaries(kind: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of whitespace and gaps after a CJK stop, except at either end of the text,
+    from the kinds of its characters: (starts, ends)."""
+    space = (kind & _SPACE).astype(bool)
+    edges = np.diff(space.astype(np.int8), prepend=0, append=0)
+    ends, afters = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    after_stop = np.flatnonzero((kind[:-1] & _CJK).astype(bool) & ~space[1:]) + 1
+    if len(after_stop):
+        ends = np.concatenate([ends, after_stop])
+        afters = np.concatenate([afters, after_stop])
+        order = np.argsort(ends, kind="stable")
+        ends, afters = ends[order], afters[order]
+    keep = (ends > 0) & (afters < len(kind))
+    return ends[keep], afters[keep]
 
 
 def _hard_cut(text: str, start: int, limit: int) -> int:
