@@ -31,7 +31,16 @@ from syncd.rebuild import Rebuilt, rebuild_state
 from syncd.report import Failure, Progress, Report
 from syncd.sources import folder, source_status
 from syncd.state import State, Synced, open_state
-from syncd.store import Hit, Identity, PointData, SearchQuery, Store, open_store, point_id
+from syncd.store import (
+    Hit,
+    Identity,
+    PendingStore,
+    PointData,
+    SearchQuery,
+    Store,
+    open_store,
+    point_id,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -434,8 +443,7 @@ async def opened(
             # Known from an earlier run: a remote API need not be asked for it.
             embedder.dimension = state.known_dimension(embedder.model_id) or embedder.dimension
             await embedder.start()
-        identity = Identity(embedder.model_id, embedder.dimension)
-        store = open_store(settings.qdrant, identity, rebuild=rebuild, create=create)
+        store = await _open_store(settings, embedder, rebuild, create)
         sources = {s.name for s in settings.sources}
         rebuilt = rebuild_state(state, store, sources, embedder.model_id, moved_aside)
         state.use_embedder(embedder.model_id, embedder.dimension)
@@ -450,3 +458,23 @@ async def opened(
         if own is not None:
             await own.aclose()
         state.close()
+
+
+async def _open_store(
+    settings: Settings, embedder: Embedder, rebuild: bool, create: bool
+) -> Store | None:
+    """The collection for this embedder. One whose dimension is not known yet (a remote
+    API never asked) takes it from a collection it built, or creates one with its first
+    write; only a rebuild over another embedder's collection asks the API first."""
+    if not embedder.dimension:
+        built = open_store(settings.qdrant, None, create=False)
+        if built is None:
+            return PendingStore(settings.qdrant, embedder.model_id) if create else None
+        if built.identity.model == embedder.model_id:
+            embedder.dimension = built.identity.dimension
+            return built
+        built.close()
+        if rebuild:
+            await embedder.embed(["dimension probe"], "document")
+    identity = Identity(embedder.model_id, embedder.dimension)
+    return open_store(settings.qdrant, identity, rebuild=rebuild, create=create)

@@ -20,7 +20,7 @@ from syncd.embedders.openai import OpenAIEmbedder
 from syncd.engine import opened
 from syncd.errors import BackendUnavailable, EmbedAuth, EmbedRejected
 from syncd.report import Report
-from syncd.store import SearchQuery
+from syncd.store import SearchQuery, open_store
 
 KEY = "test-key"
 
@@ -172,16 +172,25 @@ def test_max_concurrency_bounds_requests_in_flight(fake_embed):
     assert fake_embed.max_in_flight == 3
 
 
-def test_start_learns_the_dimension(fake_embed):
+def test_the_first_answer_tells_the_dimension_and_a_later_one_must_match(fake_embed):
     fake_embed.dimension = 48
 
     async def go():
-        e = make_embedder(config(fake_embed, "openai"))
+        e = OpenAIEmbedder(config(fake_embed, "openai"), retry_seconds=0.5, max_backoff_seconds=0.1)
         await e.start()
-        await e.aclose()
-        return e.dimension, e.model_id
+        before = e.dimension
+        await e.embed(["a"], "document")
+        fake_embed.dimension = 32
+        try:
+            await e.embed(["b"], "document")
+        except BackendUnavailable as error:
+            return before, e.dimension, e.model_id, str(error)
+        finally:
+            await e.aclose()
 
-    assert run(go()) == (48, "openai:test-model")
+    before, after, model, error = run(go())
+    assert (before, after, model) == (0, 48, "openai:test-model")
+    assert "32 dimensions, not 48" in error
 
 
 # -- through the engine ---------------------------------------------------------------------
@@ -222,11 +231,29 @@ def test_1000_small_documents_fill_batches(docs, make_config, fake_embed, provid
         (docs / f"n{i:04}.txt").write_text(f"Small note number {i}.")
     settings = remote_settings(make_config, fake_embed, provider, batch_size=200)
     report = resync_remote(settings)
-    requests = fake_embed.ok(route(provider))[1:]  # the first is start()'s dimension probe
+    requests = fake_embed.ok(route(provider))
     assert report.added == 1000 and report.texts_embedded == 1000
     assert len(requests) in (5, 6)  # ceil(1000 / 200) + 1
     assert max(len(r.body.get("texts") or r.body.get("input")) for r in requests) == 200
     assert len(points(settings)) == 1000
+
+
+def test_a_first_sync_asks_the_api_nothing_but_its_documents(
+    docs, make_config, fake_embed, provider
+):
+    """The dimension comes with the first answer, and the collection with the first write;
+    a later run takes it from the state or, without one, from the collection."""
+    (docs / "a.txt").write_text("One small note.")
+    settings = remote_settings(make_config, fake_embed, provider)
+    assert resync_remote(settings).texts_embedded == 1
+    assert len(fake_embed.ok(route(provider))) == 1
+    store = open_store(settings.qdrant, None, create=False)
+    assert store.identity.dimension == fake_embed.dimension
+    store.close()
+    settings.state.path.unlink()  # a lost state: the collection still knows its dimension
+    (docs / "b.txt").write_text("Another small note.")
+    assert resync_remote(settings).texts_embedded == 1
+    assert len(fake_embed.ok(route(provider))) == 2
 
 
 def test_429_and_503_storm_loses_nothing_and_duplicates_nothing(

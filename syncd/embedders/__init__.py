@@ -22,8 +22,8 @@ class Embedder(Protocol):
     failing_since: float | None
 
     async def start(self) -> None:
-        """Be ready to embed and know `dimension` (a remote API is asked once, unless
-        `dimension` was set beforehand from what an earlier run recorded).
+        """Be ready to embed. `dimension` is 0 until known: a remote API's comes with its
+        first answer, unless set beforehand from an earlier run or the collection.
 
         Raises BackendUnavailable (EmbedAuth for a refused key) when it cannot be.
         """

@@ -89,10 +89,8 @@ class RemoteEmbedder:
     # -- the shared part --------------------------------------------------------------------
 
     async def start(self) -> None:
-        # Asked only when no earlier run recorded it: a no-op resync sends no request.
-        if not self.dimension:
-            (vector,) = await self.embed(["dimension probe"], "document")
-            self.dimension = len(vector)
+        # Nothing is asked: the dimension, unless recorded by an earlier run, comes with the
+        # first answer (a first sync's collection is created by its first write).
         log.info(
             "embedder_ready", provider=self.provider, model=self.model, dimension=self.dimension
         )
@@ -189,6 +187,7 @@ class RemoteEmbedder:
             )
         if self.dimension and vectors.shape[1] != self.dimension:
             raise EmbedTransient(f"answer has {vectors.shape[1]} dimensions, not {self.dimension}")
+        self.dimension = vectors.shape[1]
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.clip(norms, 1e-12, None)
 

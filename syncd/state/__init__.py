@@ -133,7 +133,8 @@ class State:
             if not row or row[0] != model_id:
                 db.execute("DELETE FROM vectors")
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('embedder', ?)", (model_id,))
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('dimension', ?)", (str(dimension),))
+            if dimension:  # 0: not known until a remote API's first answer
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('dimension', ?)", (str(dimension),))
 
     @_translated
     def known_dimension(self, model_id: str) -> int | None:

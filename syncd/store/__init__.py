@@ -267,10 +267,11 @@ class Store(Protocol):
 
 
 def mismatch(found: Identity, wanted: Identity, where: str) -> StoreMismatch:
+    dims = f" ({wanted.dimension} dims)" if wanted.dimension else ""
     return StoreMismatch(
         f"{where} was built with {found.model} ({found.dimension} dims), but the embedder is "
-        f"{wanted.model} ({wanted.dimension} dims). Use a new qdrant.collection, or rebuild "
-        "this one with `syncd resync --force`."
+        f"{wanted.model}{dims}. Use a new qdrant.collection, or rebuild this one with "
+        "`syncd resync --force`."
     )
 
 
@@ -290,3 +291,70 @@ def open_store(
     from syncd.store.edge import EdgeStore
 
     return EdgeStore.open(config.path / config.collection, identity, rebuild, create)
+
+
+class PendingStore:
+    """A collection to be created by its first write, from the size of its vectors.
+
+    For an embedder whose dimension is not known yet (a remote API never asked before), so
+    a first sync spends no request on asking. Until that write it holds nothing.
+    """
+
+    def __init__(self, config: QdrantConfig, model: str) -> None:
+        self._config = config
+        self._store: Store | None = None
+        self.identity = Identity(model, 0)
+
+    def _created(self, dimension: int) -> Store:
+        if self._store is None:
+            self._store = open_store(self._config, Identity(self.identity.model, dimension))
+            self.identity = self._store.identity
+        return self._store
+
+    def upsert(self, points: list[PointData]) -> None:
+        if points:
+            self._created(len(points[0].vector)).upsert(points)
+
+    def upsert_records(self, records: list[Record]) -> None:
+        if records:
+            self._created(len(records[0].dense)).upsert_records(records)
+
+    def scroll(self, offset: str | None = None, limit: int = UPGRADE_BATCH):
+        return self._store.scroll(offset, limit) if self._store else ([], None)
+
+    def retrieve(self, ids: list[str]) -> list[Record]:
+        return self._store.retrieve(ids) if self._store else []
+
+    def count_by_source(self) -> dict[str, int]:
+        return self._store.count_by_source() if self._store else {}
+
+    def delete_documents(self, source: str, paths: list[str]) -> None:
+        if self._store:
+            self._store.delete_documents(source, paths)
+
+    def trim(self, source: str, path: str, keep: int) -> None:
+        if self._store:
+            self._store.trim(source, path, keep)
+
+    def count(self, source: str) -> int:
+        return self._store.count(source) if self._store else 0
+
+    def chunk_counts(self, source: str) -> dict[str, int]:
+        return self._store.chunk_counts(source) if self._store else {}
+
+    def search(self, query: SearchQuery) -> list[Hit]:
+        return self._store.search(query) if self._store else []
+
+    def document(self, source: str, path: str) -> list[dict[str, Any]]:
+        return self._store.document(source, path) if self._store else []
+
+    def points(self, source: str) -> Iterator[StoredPoint]:
+        return self._store.points(source) if self._store else iter(())
+
+    def delete_points(self, ids: list[str]) -> None:
+        if self._store:
+            self._store.delete_points(ids)
+
+    def close(self) -> None:
+        if self._store:
+            self._store.close()
