@@ -138,6 +138,21 @@ def search_rows(r: dict) -> list[tuple[str, str, str, str]]:
                     f"{q['queries']} questions, {q['chunks']} chunks",
                 )
             )
+        if "hybrid_by_weight" in q:
+            weights = ", ".join(f"{w} {v:.3f}" for w, v in q["hybrid_by_weight"].items())
+            halves = "; ".join(
+                f"{h.replace('_', ' ')}: dense {q[h]['dense']:.3f}, hybrid {q[h]['hybrid']:.3f}"
+                for h in ("odd_files", "even_files")
+            )
+            rows.append(("9 FAQ hybrid nDCG@10 by dense:BM25 weight", weights, "", "default 3:1"))
+            rows.append(
+                (
+                    "9 FAQ hybrid vs dense, nDCG@10",
+                    halves,
+                    f"p={q['hybrid_vs_dense_p']['ndcg@10']:.2f}",
+                    "Fisher randomization test",
+                )
+            )
     return rows
 
 

@@ -20,7 +20,16 @@ from bench.harness import percentile
 from syncd.chunking import chunk_text
 from syncd.config import EmbedderConfig, QdrantConfig
 from syncd.embedders.local import LocalEmbedder
-from syncd.store import Identity, PointData, SearchQuery, bm25_document, open_store, point_id
+from syncd.store import (
+    BM25,
+    DENSE,
+    Identity,
+    PointData,
+    SearchQuery,
+    bm25_document,
+    open_store,
+    point_id,
+)
 
 FAQ = Path(__file__).parent / "data" / "python-faq"
 METRICS = ["ndcg@10", "recall@10", "mrr@10"]
@@ -48,7 +57,9 @@ def faq_pairs(root: Path = FAQ) -> list[tuple[str, str, str]]:
 
 
 def retrieval_quality(work: Path, limit_pairs: int | None = None) -> dict[str, Any]:
-    from ranx import Qrels, Run, evaluate  # the bench extra
+    from ranx import Qrels, Run, compare, evaluate  # the bench extra
+
+    from syncd import store as store_module
 
     pairs = faq_pairs()[:limit_pairs]
     embedder = LocalEmbedder(EmbedderConfig(provider="local", model="all-MiniLM-L6-v2"))
@@ -73,17 +84,47 @@ def retrieval_quality(work: Path, limit_pairs: int | None = None) -> dict[str, A
     )
     questions = embedder.embed_sync([q for _, q, _ in pairs])
     qrels = Qrels({f"q{n}": {doc_id: 1} for n, (doc_id, _, _) in enumerate(pairs)})
-    results: dict[str, Any] = {"queries": len(pairs), "chunks": len(chunks)}
-    for mode in ("dense", "keyword", "hybrid"):
+
+    def run_of(mode: str, weights: dict[str, float] | None = None) -> Run:
         run: dict[str, dict[str, float]] = {}
-        for n, (_, question, _) in enumerate(pairs):
-            hits = store.search(SearchQuery(question, questions[n], mode, 30))
-            best: dict[str, float] = {}
-            # Documents ranked by their best chunk; ranx wants scores, so 1/rank keeps order.
-            for hit in hits:
-                best.setdefault(hit.payload["path"], 1.0 / (len(best) + 1))
-            run[f"q{n}"] = best or {"none": 0.0}
-        results[mode] = evaluate(qrels, Run(run, name=mode), METRICS)
+        saved = dict(store_module.RRF_WEIGHTS)
+        store_module.RRF_WEIGHTS.update(weights or {})
+        try:
+            for n, (_, question, _) in enumerate(pairs):
+                hits = store.search(SearchQuery(question, questions[n], mode, 30))
+                best: dict[str, float] = {}
+                # Documents ranked by their best chunk; ranx wants scores: 1/rank keeps order.
+                for hit in hits:
+                    best.setdefault(hit.payload["path"], 1.0 / (len(best) + 1))
+                run[f"q{n}"] = best or {"none": 0.0}
+        finally:
+            store_module.RRF_WEIGHTS.update(saved)
+        return Run(run, name=mode if weights is None else f"hybrid {weights[DENSE]:g}:1")
+
+    results: dict[str, Any] = {"queries": len(pairs), "chunks": len(chunks)}
+    runs = {mode: run_of(mode) for mode in ("dense", "keyword", "hybrid")}
+    for mode, run in runs.items():
+        results[mode] = evaluate(qrels, run, METRICS)
+    # How much the dense:BM25 weight matters, and whether hybrid's margin over dense holds
+    # on both halves of the files (odd and even) and beyond chance (paired randomization).
+    results["hybrid_by_weight"] = {
+        f"{w:g}:1": evaluate(qrels, run_of("hybrid", {DENSE: w, BM25: 1.0}), "ndcg@10")
+        for w in (1.0, 2.0, 3.0, 4.0)
+    }
+    files = sorted({doc_id.rsplit("-", 1)[0] for doc_id, _, _ in pairs})
+    for half, names in (("odd_files", files[0::2]), ("even_files", files[1::2])):
+        keep = {f"q{n}" for n, (d, _, _) in enumerate(pairs) if d.rsplit("-", 1)[0] in names}
+        part = Qrels({q: r for q, r in qrels.to_dict().items() if q in keep})
+        results[half] = {
+            mode: evaluate(
+                part,
+                Run({q: r for q, r in run.to_dict().items() if q in keep}, name=mode),
+                "ndcg@10",
+            )
+            for mode, run in runs.items()
+        }
+    report = compare(qrels, [runs["dense"], runs["hybrid"]], ["ndcg@10"], stat_test="fisher")
+    results["hybrid_vs_dense_p"] = report.to_dict()["hybrid"]["comparisons"]["dense"]
     store.close()
     return results
 

@@ -36,6 +36,10 @@ FACET_LIMIT = 2**31 - 1
 BM25 = "bm25"
 # Qdrant's default; on the bench's Python FAQ set k=60 (Cormack et al.) fell below dense.
 RRF_K = 2
+# Each list's weight in RRF (Qdrant divides a hit's rank by it): dense 3 to BM25 1, the
+# split of Weaviate's default hybrid alpha (0.75). With equal weights hybrid fell just below
+# dense on the bench's Python FAQ set; the bench reports the other weights beside it.
+RRF_WEIGHTS = {DENSE: 3.0, BM25: 1.0}
 # Each prefetch hands RRF this many candidates per wanted hit (at least _MIN_CANDIDATES).
 _CANDIDATES_PER_HIT = 4
 _MIN_CANDIDATES = 50
@@ -100,6 +104,21 @@ class Hit:
             "format": p.get("format"),
             "text": p.get("text"),
         }
+
+
+def ranked(points: Iterable[Any]) -> list[Hit]:
+    """Hits best first, and hits of equal score (RRF gives many) in document order, so a
+    query answers the same every time and in both engines, whose tie orders differ."""
+    hits = [Hit(p.score, p.payload or {}) for p in points]
+    return sorted(
+        hits,
+        key=lambda h: (
+            -h.score,
+            str(h.payload.get("source")),
+            str(h.payload.get("path")),
+            h.payload.get("chunk_index") or 0,
+        ),
+    )
 
 
 # Hits one search may return.

@@ -29,6 +29,7 @@ from syncd.store import (
     INTEGER_FIELDS,
     KEYWORD_FIELDS,
     RRF_K,
+    RRF_WEIGHTS,
     UPGRADE_BATCH,
     Hit,
     Identity,
@@ -41,6 +42,7 @@ from syncd.store import (
     legs,
     match_glob,
     mismatch,
+    ranked,
     to_record,
     where_values,
 )
@@ -141,7 +143,8 @@ class EdgeStore:
             if not paths:
                 return []
             where = _filter(query, paths)
-        nearest = [qe.Query.Nearest(vector, using=using) for using, vector in legs(query)]
+        fused = legs(query)
+        nearest = [qe.Query.Nearest(vector, using=using) for using, vector in fused]
         if not nearest:
             return []
         if len(nearest) == 1:
@@ -152,11 +155,11 @@ class EdgeStore:
             request = qe.QueryRequest(
                 limit=query.limit,
                 prefetches=[qe.Prefetch(query.candidates, q, filter=where) for q in nearest],
-                query=qe.Fusion.Rrf(k=RRF_K),
+                query=qe.Fusion.Rrf(k=RRF_K, weights=[RRF_WEIGHTS[u] for u, _ in fused]),
                 filter=where,
                 with_payload=True,
             )
-        return [Hit(p.score, p.payload or {}) for p in _call(self._shard.query, request)]
+        return ranked(_call(self._shard.query, request))
 
     def document(self, source: str, path: str) -> list[dict[str, Any]]:
         where = qe.Filter(

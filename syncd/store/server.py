@@ -29,6 +29,7 @@ from syncd.store import (
     INTEGER_FIELDS,
     KEYWORD_FIELDS,
     RRF_K,
+    RRF_WEIGHTS,
     UPGRADE_BATCH,
     Hit,
     Identity,
@@ -41,6 +42,7 @@ from syncd.store import (
     legs,
     match_glob,
     mismatch,
+    ranked,
     to_record,
     where_values,
 )
@@ -273,7 +275,9 @@ class ServerStore:
                     m.Prefetch(query=vector, using=using, limit=query.candidates, filter=where)
                     for using, vector in nearest
                 ],
-                "query": m.RrfQuery(rrf=m.Rrf(k=RRF_K)),
+                "query": m.RrfQuery(
+                    rrf=m.Rrf(k=RRF_K, weights=[RRF_WEIGHTS[u] for u, _ in nearest])
+                ),
             }
         with _translated():
             result = self._client.query_points(
@@ -283,7 +287,7 @@ class ServerStore:
                 query_filter=where,
                 **arguments,
             )
-        return [Hit(p.score, p.payload or {}) for p in result.points]
+        return ranked(result.points)
 
     def document(self, source: str, path: str) -> list[dict[str, Any]]:
         where = m.Filter(
