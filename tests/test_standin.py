@@ -345,3 +345,36 @@ def test_cli_resync_and_search_use_the_standin_and_exit_3_while_it_is_down(
     standin.stop()
     down = syncd("resync")
     assert down.returncode == 3, down.stderr
+
+
+def test_daemon_waits_out_a_server_outage_and_then_syncs_what_changed_meanwhile(
+    make_standin, docs, make_daemon
+):
+    from daemon_process import get, wait_until
+
+    standin = make_standin()
+    (docs / "tides.txt").write_text("The moon's gravity raises the tides twice a day.\n")
+    daemon = make_daemon(qdrant={"url": standin.url, "collection": "mirror"}).start()
+    daemon.wait_ready()
+    assert daemon.paths("ocean tides and the moon", 1) == ["tides.txt"]
+
+    standin.stop()
+    (docs / "bread.md").write_text("# Sourdough\n\nFeed the starter with flour and water.\n")
+    (docs / "tides.txt").unlink()
+    wait_until(lambda: get(daemon.url("/readyz"))[0] == 503, 30, "not ready while Qdrant is down")
+    assert daemon.proc.poll() is None
+
+    standin.start()
+    wait_until(lambda: get(daemon.url("/readyz"))[0] == 200, 60, "ready once Qdrant is back")
+    wait_until(
+        lambda: daemon.paths("feeding a sourdough starter", 5) == ["bread.md"],
+        30,
+        "the change made during the outage is synced, and the deletion too",
+    )
+    code, log = daemon.stop_with_log()
+    assert code == 0
+    assert '"backend_unavailable"' in log
+    client = standin.client()
+    records, _ = client.scroll("mirror", limit=10, with_payload=True)
+    assert [r.payload["path"] for r in records] == ["bread.md"]
+    client.close()
