@@ -177,6 +177,22 @@ def test_edge_upgrade_interrupted_by_a_crash_is_finished_on_next_open(tmp_path):
     store.close()
 
 
+def test_edge_shard_half_created_when_a_crash_came_is_built_again_not_refused(tmp_path):
+    root = tmp_path / "q"
+    root.mkdir()
+    # A kill -9 inside creation: the shard exists but its identity file was never written.
+    open_store(QdrantConfig(path=tmp_path / "new", collection="c"), IDENTITY).close()
+    (tmp_path / "new" / "c" / "syncd.json").unlink()
+    (tmp_path / "new" / "c").rename(root / "c.new")
+    store = open_store(QdrantConfig(path=root, collection="c"), IDENTITY)
+    assert sorted(p.name for p in root.iterdir()) == ["c"]
+    assert store.identity == IDENTITY
+    store.close()
+    reopened = open_store(QdrantConfig(path=root, collection="c"), IDENTITY, create=False)
+    assert reopened.identity == IDENTITY
+    reopened.close()
+
+
 def test_old_server_collection_is_upgraded_behind_an_alias():
     from qdrant_client import QdrantClient
     from qdrant_client import models as m

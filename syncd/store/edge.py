@@ -218,18 +218,24 @@ def _scroll(shard: qe.EdgeShard, where: qe.Filter | None, with_vector: bool | li
 
 
 def _create(path: Path, identity: Identity) -> qe.EdgeShard:
+    """Built beside `path` and renamed into place: a kill -9 while creating must not leave a
+    shard without its identity file, which every later start would refuse."""
+    building = path.with_name(path.name + ".new")
+    shutil.rmtree(building, ignore_errors=True)
     config = qe.EdgeConfig(
         vectors={DENSE: qe.EdgeVectorParams(size=identity.dimension, distance=qe.Distance.Cosine)},
         sparse_vectors={BM25: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
     )
-    shard = _call(qe.EdgeShard.create, str(path), config)
+    shard = _call(qe.EdgeShard.create, str(building), config)
     for field, schema in _SCHEMAS.items():
         _call(shard.update, qe.UpdateOperation.create_field_index(field, schema))
     _call(shard.flush)
-    (path / IDENTITY_FILE).write_text(
+    shard.close()
+    (building / IDENTITY_FILE).write_text(
         json.dumps({"model": identity.model, "dimension": identity.dimension})
     )
-    return shard
+    building.rename(path)
+    return _call(qe.EdgeShard.load, str(path))
 
 
 def _staging(path: Path) -> Path:
