@@ -224,35 +224,35 @@ class Engine:
         switch = self.switch
         if switch is None:
             return True
-        while not await switch.step(self.store):
-            if not whole or self.stopping.is_set():
-                return False
-        await switch.finish(self.store)
+        if self.state.switching() is None:
+            while not await switch.step(self.store):
+                if not whole or self.stopping.is_set():
+                    return False
+            await switch.finish(self.store)
+            self.state.begin_switch()
         await self._switch_to(switch)
         return True
 
     async def _switch_to(self, switch: Switch) -> None:
         """The built index becomes the active one and its embedder the engine's, for every
-        read at once; the old index and its cached vectors go."""
-        self.state.begin_switch()
+        read at once; the old index and its cached vectors go. Run again after a failure
+        (Qdrant down), it goes on where it stopped."""
         self._readable.clear()
         try:
             while self._reading:
                 await asyncio.sleep(0.005)
-            old_store, old_embedder = self.store, self.embedder
-            identity = switch.store.identity
-            switch.store.close()
-            switch.store = None
-            old_store.close()
-            self.store = None
+            identity = switch.close_store()
+            if self.store is not None:
+                self.store.close()
+                self.store = None
             await asyncio.to_thread(promote, self.settings.qdrant, switch.target)
             self.state.finish_switch(identity.dimension)
             self.store = await asyncio.to_thread(open_store, self.settings.qdrant, identity)
-            self.embedder = switch.embedder
+            old, self.embedder = self.embedder, switch.embedder
         finally:
             self._readable.set()
         if self.owns_embedder:
-            await old_embedder.aclose()
+            await old.aclose()
         self.owns_embedder = True
         self.switch = None
         log.warning(

@@ -57,6 +57,8 @@ class Switch:
         self.model = self.embedder.model_id
         self.target = next_index(settings.qdrant, self.model)
         self.store: Store | None = None
+        #: What the new index is built with, known once it exists.
+        self.identity: Identity | None = None
         self.page = min(max(config.batch_size * config.max_concurrency, _MIN_PAGE), _MAX_PAGE)
         self._key = f"switch {self.model}"
         self.texts_embedded = 0
@@ -73,10 +75,16 @@ class Switch:
             self.embedder.dimension = built.identity.dimension
         self.store = built
 
-    async def close(self) -> None:
+    def close_store(self) -> Identity:
+        """Close the new index (for its promotion); what it was built with."""
         if self.store is not None:
+            self.identity = self.store.identity
             self.store.close()
             self.store = None
+        return self.identity
+
+    async def close(self) -> None:
+        self.close_store()
         await self.embedder.aclose()
 
     # -- filling ----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -186,26 +187,34 @@ def test_status_shows_the_build_with_its_time_left(docs, make_config, embedder, 
     assert switch["eta_seconds"] is not None and switch["eta_seconds"] >= 0
 
 
-def test_run_switches_a_server_collection_while_search_keeps_answering(
-    docs, make_daemon, make_standin, fake_embed
-):
+def syncd(daemon, *args: str) -> dict:
+    """A CLI command in its own process, beside the daemon, with --json."""
+    out = subprocess.run(
+        [sys.executable, "-m", "syncd", *args, "--json", "-c", str(daemon.config)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def run_switch(make_daemon, docs: Path, fake_embed, **sections):
+    """`syncd run` with an embedder_next, queried continuously over /search and watched
+    with `syncd status` and `syncd search` until the switch is done; stopped after."""
     from daemon_process import get, wait_until
-    from qdrant_client import QdrantClient
 
     fake_embed.dimensions[NEXT_MODEL] = NEXT_DIMENSION
     write_docs(docs, 60)
-    standin = make_standin()
-    # 180 chunks, 8 a request, 2 requests a second: the build takes some 11 seconds.
+    # 180 chunks, 8 a request, one request a second: the build takes some 23 seconds.
     daemon = make_daemon(
         chunking={"max_chars": 200, "overlap_chars": 0},
-        qdrant={"url": standin.url, "collection": "syncd"},
         embedder_next=next_section(
-            fake_embed, batch_size=8, max_concurrency=1, requests_per_minute=120
+            fake_embed, batch_size=8, max_concurrency=1, requests_per_minute=60
         ),
         log={"format": "json", "level": "warning"},
+        **sections,
     ).start()
     daemon.wait_ready()
-
     answers: list[tuple[int, int]] = []
     done = threading.Event()
 
@@ -215,26 +224,20 @@ def test_run_switches_a_server_collection_while_search_keeps_answering(
             status, body = get(url)
             answers.append((status, len(json.loads(body)["hits"]) if status == 200 else -1))
 
-    def syncd(*args: str) -> dict:
-        out = subprocess.run(
-            [sys.executable, "-m", "syncd", *args, "--json", "-c", str(daemon.config)],
-            capture_output=True,
-            text=True,
-        )
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
-
     searching = threading.Thread(target=query)
     searching.start()
     seen: list[dict] = []
     cli_hits: list[int] = []
 
     def switched() -> bool:
-        switch = syncd("status")["embedder_switch"]
+        switch = syncd(daemon, "status")["embedder_switch"]
         if switch is not None:
             seen.append(switch)
-            # The CLI, in its own process, searches the old index with the old embedder.
-            cli_hits.append(len(syncd("search", "word5x1 paragraph", "--limit", "3")["hits"]))
+        if switch is not None and not cli_hits:
+            # The CLI, in its own process, still searches with the old embedder.
+            cli_hits.append(
+                len(syncd(daemon, "search", "word5x1 paragraph", "--limit", "3")["hits"])
+            )
         return switch is None
 
     try:
@@ -242,12 +245,38 @@ def test_run_switches_a_server_collection_while_search_keeps_answering(
     finally:
         done.set()
         searching.join()
-    assert daemon.stop() == 0
-
     assert any(0 < s["done"] < s["total"] and s["eta_seconds"] is not None for s in seen), seen
     assert cli_hits and set(cli_hits) == {3}
     assert len(answers) > 20
     assert set(answers) == {(200, 3)}, [a for a in answers if a != (200, 3)][:5]
+    # After the switch the CLI searches with the new embedder.
+    assert len(syncd(daemon, "search", "word5x1 paragraph", "--limit", "3")["hits"]) == 3
+    assert fake_embed.log[-1].body["input"] == ["word5x1 paragraph"]
+    chunks = daemon.status()["chunks"]
+    assert daemon.stop() == 0
+    return chunks
+
+
+def test_run_switches_the_embedded_store_while_search_keeps_answering(
+    docs, make_daemon, fake_embed, tmp_path
+):
+    chunks = run_switch(make_daemon, docs, fake_embed)
+    shard = tmp_path / ".syncd" / "qdrant" / "syncd"
+    after = vectors(shard)
+    assert len(after) == chunks > 100
+    assert {size for size, _ in after.values()} == {NEXT_DIMENSION}
+    assert sorted(p.name for p in shard.parent.iterdir()) == ["syncd"]
+
+
+def test_run_switches_a_server_collection_while_search_keeps_answering(
+    docs, make_daemon, make_standin, fake_embed
+):
+    from qdrant_client import QdrantClient
+
+    standin = make_standin()
+    chunks = run_switch(
+        make_daemon, docs, fake_embed, qdrant={"url": standin.url, "collection": "syncd"}
+    )
     client = QdrantClient(url=standin.url)
     try:
         built = f"syncd-openai-{NEXT_MODEL}"
@@ -255,10 +284,71 @@ def test_run_switches_a_server_collection_while_search_keeps_answering(
         assert aliases == {"syncd": built}
         assert [c.name for c in client.get_collections().collections] == [built]
         records, _ = client.scroll(built, limit=1000, with_vectors=True)
-        assert len(records) == daemon.status()["chunks"] > 100
+        assert len(records) == chunks > 100
         assert {len(r.vector["dense"]) for r in records} == {NEXT_DIMENSION}
     finally:
         client.close()
-    # After the switch the CLI searches with the new embedder, through the alias.
-    assert len(syncd("search", "word5x1 paragraph", "--limit", "3")["hits"]) == 3
-    assert fake_embed.log[-1].body["input"] == ["word5x1 paragraph"]
+
+
+def test_a_switch_cut_between_its_renames_is_finished_on_the_next_start(
+    docs, make_config, embedder, resync, fake_embed
+):
+    fake_embed.dimensions[NEXT_MODEL] = NEXT_DIMENSION
+    write_docs(docs, 6)
+    resync(settings_with(make_config))
+    switching = settings_with(make_config, embedder_next=next_section(fake_embed))
+
+    async def build_and_begin_switch() -> None:
+        async with opened(switching, embedder=embedder, build_next=True) as engine:
+            while not await engine.switch.step(engine.store):
+                pass
+            await engine.switch.finish(engine.store)
+            engine.state.begin_switch()
+
+    asyncio.run(build_and_begin_switch())
+    shard = switching.qdrant.path / switching.qdrant.collection
+    shard.rename(shard.with_name("syncd.old"))  # the first rename, then a crash
+    requests = len(fake_embed.log)
+
+    asyncio.run(build(switching, None))
+    assert sorted(p.name for p in shard.parent.iterdir()) == ["syncd"]
+    assert {size for size, _ in vectors(shard).values()} == {NEXT_DIMENSION}
+    assert fake_embed.log[requests:] == []
+    state = State(switching.state.path)
+    assert (state.embedder(), state.switching()) == (f"openai:{NEXT_MODEL}", None)
+    state.close()
+
+
+def test_run_killed_during_the_build_resumes_it_without_embedding_twice(
+    docs, make_daemon, fake_embed, tmp_path
+):
+    from daemon_process import wait_until
+
+    fake_embed.dimensions[NEXT_MODEL] = NEXT_DIMENSION
+    write_docs(docs, 60)
+    daemon = make_daemon(
+        chunking={"max_chars": 200, "overlap_chars": 0},
+        embedder_next=next_section(
+            fake_embed, batch_size=8, max_concurrency=1, requests_per_minute=120
+        ),
+        log={"format": "json", "level": "warning"},
+    ).start()
+    daemon.wait_ready()
+
+    def progress() -> dict | None:
+        return syncd(daemon, "status")["embedder_switch"]
+
+    wait_until(lambda: (progress() or {}).get("done", 0) > 0, 60, "a page of the new index")
+    daemon.stop(signal.SIGKILL)
+    daemon.start()
+    wait_until(lambda: progress() is None, 120, "the switch after a restart")
+    chunks = daemon.status()["chunks"]
+    assert daemon.stop() == 0
+
+    after = vectors(tmp_path / ".syncd" / "qdrant" / "syncd")
+    assert len(after) == chunks > 100
+    assert {size for size, _ in after.values()} == {NEXT_DIMENSION}
+    # Only a request in flight at the kill may have been sent again.
+    sent = fake_embed.texts("/v1/embeddings")
+    assert len(set(sent)) == chunks
+    assert len(sent) - len(set(sent)) <= 8
