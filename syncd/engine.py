@@ -534,10 +534,12 @@ async def opened(
             # Known from an earlier run: a remote API need not be asked for it.
             embedder.dimension = state.known_dimension(embedder.model_id) or embedder.dimension
             await embedder.start()
+        switched_under_us = False
         try:
             store = await _open_store(settings, embedder, rebuild, create)
         except StoreMismatch:
-            # A reader beside a daemon that is switching: the index may be the new one.
+            # A reader beside a daemon that is switching: the index may be the new one,
+            # whose state the daemon is about to record (so this reader records nothing).
             other = None if build_next or own is None else other_embedder(settings, embedder)
             if other is None:
                 raise
@@ -545,9 +547,11 @@ async def opened(
             embedder = own = make_embedder(other)
             await embedder.start()
             store = await _open_store(settings, embedder, rebuild, create)
+            switched_under_us = True
         sources = {s.name for s in settings.sources}
         rebuilt = rebuild_state(state, store, sources, embedder.model_id, moved_aside)
-        state.use_embedder(embedder.model_id, embedder.dimension)
+        if not switched_under_us:
+            state.use_embedder(embedder.model_id, embedder.dimension)
         engine = Engine(settings, state, store, embedder, progress)
         engine.owns_embedder = own is not None
         engine.rebuilt = rebuilt

@@ -319,6 +319,41 @@ def test_a_switch_cut_between_its_renames_is_finished_on_the_next_start(
     state.close()
 
 
+def test_a_reader_between_promotion_and_its_record_searches_the_new_index_untouched(
+    docs, make_config, embedder, resync, fake_embed
+):
+    from syncd.store import next_index, promote
+
+    write_docs(docs, 6)
+    resync(settings_with(make_config))
+    switching = settings_with(make_config, embedder_next=next_section(fake_embed))
+
+    async def build_and_promote() -> None:
+        async with opened(switching, embedder=embedder, build_next=True) as engine:
+            while not await engine.switch.step(engine.store):
+                pass
+            await engine.switch.finish(engine.store)
+            engine.state.begin_switch()
+        # The daemon's promotion is done, its record in the state not yet.
+        promote(switching.qdrant, next_index(switching.qdrant, f"openai:{NEXT_MODEL}"))
+
+    asyncio.run(build_and_promote())
+
+    async def search() -> int:
+        async with opened(switching, create=False) as engine:
+            return len(await engine.search(SearchQuery("word3x2 paragraph", limit=3)))
+
+    assert asyncio.run(search()) == 3
+    assert fake_embed.log[-1].body["input"] == ["word3x2 paragraph"]
+    state = State(switching.state.path)
+    assert (state.embedder(), state.switching()) == (
+        "local:all-MiniLM-L6-v2",
+        f"openai:{NEXT_MODEL}",
+    )
+    assert state.vectors(state.chunk_hashes("docs")["doc00.md"])
+    state.close()
+
+
 def test_run_killed_during_the_build_resumes_it_without_embedding_twice(
     docs, make_daemon, fake_embed, tmp_path
 ):
