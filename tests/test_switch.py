@@ -204,8 +204,9 @@ def run_switch(make_daemon, docs: Path, fake_embed, **sections):
     from daemon_process import get, wait_until
 
     fake_embed.dimensions[NEXT_MODEL] = NEXT_DIMENSION
-    write_docs(docs, 60)
-    # 180 chunks, 8 a request, one request a second: the build takes some 23 seconds.
+    write_docs(docs, 80)
+    # 240 chunks, 8 a request, one request a second: the build takes some 30 seconds, and
+    # 22 of them are past the first page, for `syncd status` to see.
     daemon = make_daemon(
         chunking={"max_chars": 200, "overlap_chars": 0},
         embedder_next=next_section(
@@ -224,27 +225,32 @@ def run_switch(make_daemon, docs: Path, fake_embed, **sections):
             status, body = get(url)
             answers.append((status, len(json.loads(body)["hits"]) if status == 200 else -1))
 
+    cli_hits: list[int] = []
+
+    def cli_search() -> None:
+        # The CLI, in its own process, during the build: the old embedder and index.
+        cli_hits.append(len(syncd(daemon, "search", "word5x1 paragraph", "--limit", "3")["hits"]))
+
     searching = threading.Thread(target=query)
     searching.start()
+    asking = threading.Thread(target=cli_search)
     seen: list[dict] = []
-    cli_hits: list[int] = []
 
     def switched() -> bool:
         switch = syncd(daemon, "status")["embedder_switch"]
         if switch is not None:
             seen.append(switch)
-        if switch is not None and not cli_hits:
-            # The CLI, in its own process, still searches with the old embedder.
-            cli_hits.append(
-                len(syncd(daemon, "search", "word5x1 paragraph", "--limit", "3")["hits"])
-            )
+            if asking.ident is None:
+                asking.start()
         return switch is None
 
     try:
-        wait_until(switched, 120, "the switch to the new embedder")
+        wait_until(switched, 180, "the switch to the new embedder")
     finally:
         done.set()
         searching.join()
+        if asking.ident is not None:
+            asking.join()
     assert any(0 < s["done"] < s["total"] and s["eta_seconds"] is not None for s in seen), seen
     assert cli_hits and set(cli_hits) == {3}
     assert len(answers) > 20
