@@ -15,6 +15,7 @@ from syncd.errors import (
     SourceUnavailable,
     StoreError,
     StoreLocked,
+    StoreMismatch,
     SyncdError,
 )
 from syncd.store import MAX_LIMIT, MODES
@@ -241,10 +242,18 @@ async def _resync(
     from syncd.engine import opened
 
     rebuild = force and len(sources) == len(settings.sources)
-    async with opened(settings, rebuild=rebuild, progress=progress) as engine:
+    async with opened(settings, rebuild=rebuild, progress=progress, build_next=True) as engine:
         if engine.rebuilt:
             print(engine.rebuilt.describe(), file=sys.stderr)
-        return await engine.resync(sources, force, allow_delete=allow_delete)
+        report = await engine.resync(sources, force, allow_delete=allow_delete)
+        switch = engine.switch
+        if switch is not None and await engine.build_next():
+            print(
+                f"switched to {switch.model} ({switch.texts_embedded} texts embedded for it); "
+                "now move the embedder_next section of the config to embedder",
+                file=sys.stderr,
+            )
+        return report
 
 
 def _dry_run(settings: Settings, sources: list, as_json: bool, allow_delete: bool) -> int:
@@ -286,10 +295,17 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
     # SQLite (and Redis for queue sources) only, so it works beside a running `syncd run`.
     import asyncio
 
-    rows = asyncio.run(_statuses(settings))
+    rows, switch = asyncio.run(_statuses(settings))
     if args.json:
-        print(json.dumps({"sources": rows}, indent=2))
+        print(json.dumps({"sources": rows, "embedder_switch": switch}, indent=2))
         return EXIT_OK
+    if switch:
+        eta = switch["eta_seconds"]
+        left = f"about {eta // 60}m {eta % 60}s left" if eta is not None else "starting"
+        print(
+            f"embedder switch to {switch['model']}: {switch['done']} of {switch['total']} "
+            f"chunks in the new index; {left}"
+        )
     for r in rows:
         print(
             f"{r['name']}: {r['documents']} documents, {r['chunks']} chunks, {r['pending']} pending, "
@@ -312,13 +328,15 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _statuses(settings: Settings) -> list[dict[str, Any]]:
+async def _statuses(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    from syncd.report import switch_status
     from syncd.sources import source_status
     from syncd.state import State
 
     state = State(settings.state.path)
     try:
-        return [await source_status(state, s) for s in settings.sources]
+        rows = [await source_status(state, s) for s in settings.sources]
+        return rows, switch_status(state.switch_progress())
     finally:
         state.close()
 
@@ -354,6 +372,12 @@ def search(settings: Settings, args: argparse.Namespace) -> int:
         if not settings.server.listen:
             raise
         result = DaemonClient(settings.server).search(query)
+    except (StoreError, StoreMismatch):
+        if settings.embedder_next is None:
+            raise
+        # A daemon switching to embedder_next may have moved the server's alias between
+        # this process choosing its embedder and asking: asked again, both are the new ones.
+        result = asyncio.run(ask_store())
     if args.json:
         print(json.dumps(result, indent=2))
         return EXIT_OK

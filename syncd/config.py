@@ -231,6 +231,8 @@ class Settings(BaseSettings):
     sources: Annotated[list[Source], Field(min_length=1)]
     chunking: ChunkingConfig = ChunkingConfig()
     embedder: EmbedderConfig = EmbedderConfig()
+    #: A new embedder whose index is built beside the active one, then switched to.
+    embedder_next: EmbedderConfig | None = None
     qdrant: QdrantConfig = QdrantConfig()
     state: StateConfig = StateConfig()
     watch: WatchConfig = WatchConfig()
@@ -254,13 +256,15 @@ class Settings(BaseSettings):
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
-        if self.embedder.provider == "ai21":
+        for key, embedder in (("embedder", self.embedder), ("embedder_next", self.embedder_next)):
+            if embedder is None or embedder.provider != "ai21":
+                continue
             if self.chunking.max_chars >= AI21_MAX_CHARS:
                 raise ValueError(
                     f"chunking.max_chars must be below {AI21_MAX_CHARS} with provider ai21"
                 )
-            if self.embedder.batch_size > AI21_MAX_BATCH:
-                raise ValueError(f"embedder.batch_size must be at most {AI21_MAX_BATCH} with ai21")
+            if embedder.batch_size > AI21_MAX_BATCH:
+                raise ValueError(f"{key}.batch_size must be at most {AI21_MAX_BATCH} with ai21")
         if (self.qdrant.url is None) == (self.qdrant.path is None) and self.qdrant.url is not None:
             raise ValueError("set qdrant.url or qdrant.path, not both")
         if self.qdrant.url is None and self.qdrant.path is None:
@@ -313,10 +317,10 @@ def _check_environment() -> None:
     known = {"SYNCD_CONFIG"}
     for name, field in Settings.model_fields.items():
         known.add(f"SYNCD_{name.upper()}")
-        if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
-            known.update(
-                f"SYNCD_{name.upper()}__{key.upper()}" for key in field.annotation.model_fields
-            )
+        # `embedder_next` is optional: its annotation is `EmbedderConfig | None`.
+        for section in (field.annotation, *getattr(field.annotation, "__args__", ())):
+            if isinstance(section, type) and issubclass(section, Section):
+                known.update(f"SYNCD_{name.upper()}__{key.upper()}" for key in section.model_fields)
     for name in os.environ:
         if name.upper().startswith("SYNCD_") and name.upper() not in known:
             key = name.upper().removeprefix("SYNCD_").lower().replace("__", ".")
@@ -365,7 +369,9 @@ def _anchor(settings: Settings, base: Path) -> Settings:
             s.path = at(s.path)
     settings.state.path = at(settings.state.path)
     settings.qdrant.path = at(settings.qdrant.path)
-    settings.embedder.api_key_file = at(settings.embedder.api_key_file)
+    for embedder in (settings.embedder, settings.embedder_next):
+        if embedder is not None:
+            embedder.api_key_file = at(embedder.api_key_file)
     settings.server.token_file = at(settings.server.token_file)
     return settings
 

@@ -111,8 +111,12 @@ class Daemon:
         self.consumers_down: set[str] = set()
         #: Why folder sources look unmounted (nothing of them is deleted meanwhile).
         self.unavailable: dict[str, str] = {}
-        # The engine applies one plan at a time: rescans, hints, queue batches, /resync.
+        # The engine applies one plan at a time: rescans, hints, queue batches, /resync,
+        # and pages of a new embedder's index.
         self.busy = asyncio.Lock()
+        #: When the next page of a new embedder's index may be built, after a failure.
+        self.next_build = 0.0
+        self.build_backoff = 1.0
 
     # -- the service behind HTTP -------------------------------------------------------------
 
@@ -226,7 +230,20 @@ class Daemon:
                 await self._until_done(functools.partial(self._sync_hints, due), stop)
                 worked = True
                 continue
-            wait = min([next_rescan - now, next_verify - now, *self._deadlines(debounce, now), 5.0])
+            if self.engine.switch is not None and now >= self.next_build:
+                await self._build_next()
+                worked = True
+                continue
+            building = [self.next_build - now] if self.engine.switch is not None else []
+            wait = min(
+                [
+                    next_rescan - now,
+                    next_verify - now,
+                    *self._deadlines(debounce, now),
+                    *building,
+                    5.0,
+                ]
+            )
             notifier.status(self._summary())
             if worked and not self.busy.locked():
                 # Idle now: what the last batch peaked at goes back to the OS, once.
@@ -240,6 +257,19 @@ class Daemon:
             )
             stop_task.cancel()
             wake_task.cancel()
+
+    async def _build_next(self) -> None:
+        """One page of the new embedder's index, between the daemon's other work; a failure
+        (its API down or refusing a text) is tried again later, search is not affected."""
+        try:
+            async with self.busy:
+                await self.engine.build_next(whole=False)
+        except SyncdError as e:
+            log.warning("switch_step_failed", error=str(e), retry_in=self.build_backoff)
+            self.next_build = time.monotonic() + self.build_backoff
+            self.build_backoff = min(self.build_backoff * 2, MAX_BACKOFF_SECONDS)
+        else:
+            self.build_backoff = 1.0
 
     def _next_rescan(self, interval: float) -> float:
         now = time.monotonic()
@@ -332,7 +362,10 @@ async def run(settings: Settings, handle_signals: bool = True) -> None:
 
 
 async def _serve(settings: Settings, stop: asyncio.Event, notifier: Notifier) -> None:
-    async with opened(settings) as engine, contextlib.AsyncExitStack() as serving:
+    async with (
+        opened(settings, build_next=True) as engine,
+        contextlib.AsyncExitStack() as serving,
+    ):
         daemon = Daemon(settings, engine)
         server = None
         if settings.server.listen:

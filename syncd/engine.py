@@ -23,7 +23,13 @@ from syncd.chunking import Chunk, chunk_text
 from syncd.config import FolderSource, RedisSource, Settings
 from syncd.embedders import Embedder, make_embedder
 from syncd.embedders.batching import Batcher
-from syncd.errors import DocumentError, SourceUnavailable, StoreError, UnsupportedFormat
+from syncd.errors import (
+    DocumentError,
+    SourceUnavailable,
+    StoreError,
+    StoreMismatch,
+    UnsupportedFormat,
+)
 from syncd.extract import Extracted
 from syncd.extract_pool import ExtractPool
 from syncd.plan import Delete, Plan, Upsert, folder_plan, repair_plan, text_hash
@@ -40,6 +46,14 @@ from syncd.store import (
     Store,
     open_store,
     point_id,
+    promote,
+)
+from syncd.switch import (
+    Switch,
+    active_embedder,
+    finish_interrupted_switch,
+    open_switch,
+    other_embedder,
 )
 
 if TYPE_CHECKING:
@@ -77,6 +91,14 @@ class Engine:
         self.extract_pool = ExtractPool()
         #: Set when `opened` rebuilt a lost or unreadable state from the store.
         self.rebuilt: Rebuilt | None = None
+        #: The index of `embedder_next` being built; None when there is none.
+        self.switch: Switch | None = None
+        #: The embedder is the engine's to close (not one its caller passed in).
+        self.owns_embedder = False
+        # Cleared while the switch replaces the store: reads wait, never see it closed.
+        self._readable = asyncio.Event()
+        self._readable.set()
+        self._reading = 0
 
     def plan(
         self,
@@ -165,18 +187,81 @@ class Engine:
 
     async def search(self, query: SearchQuery) -> list[Hit]:
         """Embeds the query's text as a query (not for keyword search), then asks the store."""
-        if self.store is None:
-            return []
-        if query.mode != "keyword":
-            (vector,) = await self.embedder.embed([query.text], "query")
-            query = replace(query, dense=vector)
-        return await asyncio.to_thread(self.store.search, query)
+        async with self._read() as (store, embedder):
+            if store is None:
+                return []
+            if query.mode != "keyword":
+                (vector,) = await embedder.embed([query.text], "query")
+                query = replace(query, dense=vector)
+            return await asyncio.to_thread(store.search, query)
 
     async def document(self, source: str, path: str) -> list[dict[str, Any]]:
         """The payloads of a document's points in chunk order; [] if it has none."""
-        if self.store is None:
-            return []
-        return await asyncio.to_thread(self.store.document, source, path)
+        async with self._read() as (store, _):
+            if store is None:
+                return []
+            return await asyncio.to_thread(store.document, source, path)
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[tuple[Store | None, Embedder]]:
+        """The store and the embedder that made it, as one pair, never closed meanwhile."""
+        await self._readable.wait()
+        self._reading += 1
+        try:
+            yield self.store, self.embedder
+        finally:
+            self._reading -= 1
+
+    # -- a new embedder -------------------------------------------------------------------
+
+    async def build_next(self, whole: bool = True) -> bool:
+        """Build the index of `embedder_next`: one page of it, or all of it (`whole`), then,
+        once it is complete, switch to it. True when there is nothing left to build.
+
+        The caller lets no plan apply meanwhile (the daemon holds its lock), so the last
+        pass sees the active index standing still.
+        """
+        switch = self.switch
+        if switch is None:
+            return True
+        if self.state.switching() is None:
+            while not await switch.step(self.store):
+                if not whole or self.stopping.is_set():
+                    return False
+            await switch.finish(self.store)
+            self.state.begin_switch()
+        await self._switch_to(switch)
+        return True
+
+    async def _switch_to(self, switch: Switch) -> None:
+        """The built index becomes the active one and its embedder the engine's, for every
+        read at once; the old index and its cached vectors go. Run again after a failure
+        (Qdrant down), it goes on where it stopped."""
+        self._readable.clear()
+        try:
+            while self._reading:
+                await asyncio.sleep(0.005)
+            identity = switch.close_store()
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+            await asyncio.to_thread(promote, self.settings.qdrant, switch.target)
+            self.state.finish_switch(identity.dimension)
+            self.store = await asyncio.to_thread(open_store, self.settings.qdrant, identity)
+            old, self.embedder = self.embedder, switch.embedder
+        finally:
+            self._readable.set()
+        if self.owns_embedder:
+            await old.aclose()
+        self.owns_embedder = True
+        self.switch = None
+        log.warning(
+            "embedder_switched",
+            model=identity.model,
+            dimension=identity.dimension,
+            points=sum(self.store.count_by_source().values()),
+            hint="move the embedder_next section of the config to embedder",
+        )
 
     async def sources(self) -> list[dict[str, Any]]:
         """Every source's `syncd status` row."""
@@ -427,8 +512,12 @@ async def opened(
     create: bool = True,
     progress: Progress | None = None,
     embedder: Embedder | None = None,
+    build_next: bool = False,
 ) -> AsyncIterator[Engine]:
     """State, embedder and store for one command, closed in reverse order however it ends.
+
+    With `build_next` (the commands that sync) and an `embedder_next` in the config, the
+    engine gets the `switch` that builds its index (see syncd/switch.py).
 
     With `create` false a missing collection is not made (`engine.store` is None then).
     An `embedder` passed in is the caller's to close. Nothing in the state changes before
@@ -438,21 +527,43 @@ async def opened(
     state, moved_aside = open_state(settings.state.path)
     own = store = engine = None
     try:
+        if build_next:
+            finish_interrupted_switch(settings, state)
         if embedder is None:
-            embedder = own = make_embedder(settings.embedder)
+            embedder = own = make_embedder(active_embedder(settings, state))
             # Known from an earlier run: a remote API need not be asked for it.
             embedder.dimension = state.known_dimension(embedder.model_id) or embedder.dimension
             await embedder.start()
-        store = await _open_store(settings, embedder, rebuild, create)
+        switched_under_us = False
+        try:
+            store = await _open_store(settings, embedder, rebuild, create)
+        except StoreMismatch:
+            # A reader beside a daemon that is switching: the index may be the new one,
+            # whose state the daemon is about to record (so this reader records nothing).
+            other = None if build_next or own is None else other_embedder(settings, embedder)
+            if other is None:
+                raise
+            await own.aclose()
+            embedder = own = make_embedder(other)
+            await embedder.start()
+            store = await _open_store(settings, embedder, rebuild, create)
+            switched_under_us = True
         sources = {s.name for s in settings.sources}
         rebuilt = rebuild_state(state, store, sources, embedder.model_id, moved_aside)
-        state.use_embedder(embedder.model_id, embedder.dimension)
+        if not switched_under_us:
+            state.use_embedder(embedder.model_id, embedder.dimension)
         engine = Engine(settings, state, store, embedder, progress)
+        engine.owns_embedder = own is not None
         engine.rebuilt = rebuilt
+        if build_next:
+            engine.switch = await open_switch(settings, state, embedder.model_id)
         yield engine
     finally:
         if engine is not None:
             engine.extract_pool.close()  # kills what still runs: shutdown stays bounded
+            store, own = engine.store, engine.embedder if engine.owns_embedder else None
+            if engine.switch is not None:
+                await engine.switch.close()
         if store is not None:
             store.close()
         if own is not None:

@@ -33,6 +33,7 @@ from syncd.http import DaemonClient
 from syncd.sources import source_status
 from syncd.state import State
 from syncd.store import MAX_LIMIT, Hit, Mode, SearchQuery
+from syncd.switch import active_embedder
 
 log = structlog.get_logger()
 
@@ -281,7 +282,12 @@ class _Direct:
 
 async def serve_stdio(settings: Settings) -> None:
     """`syncd mcp`: serve the tools on stdin/stdout until the client closes them."""
-    embedder = make_embedder(settings.embedder)
+    state = State(settings.state.path)
+    try:
+        config = active_embedder(settings, state)
+    finally:
+        state.close()
+    embedder = make_embedder(config)
     await embedder.start()
     index = _Direct(settings, embedder)
     try:

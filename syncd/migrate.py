@@ -16,7 +16,6 @@ compared vector by vector.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from tenacity import (
 from syncd.config import QdrantConfig, Settings
 from syncd.errors import BackendUnavailable, ConfigError, SyncdError
 from syncd.state import CopyProgress, State
-from syncd.store import Record, Store, open_store
+from syncd.store import Record, Store, open_store, same_payload
 
 log = structlog.get_logger(__name__)
 
@@ -214,7 +213,7 @@ def verify(source: Store, target: Store, sample: int = SAMPLE) -> tuple[dict[str
 
 
 def _difference(a: Record, b: Record) -> str | None:
-    if not _alike(a.payload, b.payload):
+    if not same_payload(a.payload, b.payload):
         return f"has another payload: {a.payload!r:.300} != {b.payload!r:.300}"
     if not np.allclose(a.dense, b.dense, atol=1e-6):
         return f"has another dense vector (largest difference {np.abs(np.subtract(a.dense, b.dense)).max():g})"
@@ -223,18 +222,6 @@ def _difference(a: Record, b: Record) -> str | None:
     ):
         return "has another bm25 vector"
     return None
-
-
-def _alike(a: object, b: object) -> bool:
-    """Equal JSON, but for the last digit of a float: Qdrant Edge's JSON parser may round
-    a float's 17th significant digit (an mtime of 1795605043.1500661 reads back ...066)."""
-    if isinstance(a, float) or isinstance(b, float):
-        return isinstance(a, int | float) and isinstance(b, int | float) and math.isclose(a, b)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_alike(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_alike(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
 
 
 def _where(config: QdrantConfig) -> str:

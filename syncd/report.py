@@ -11,7 +11,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from syncd.state import SwitchProgress
 
 
 @dataclass(frozen=True)
@@ -121,3 +124,21 @@ def shown(progress: Progress, enabled: bool) -> Iterator[None]:
 
     progress.listeners.append(every_five_seconds)
     yield
+
+
+def switch_status(progress: SwitchProgress | None) -> dict[str, Any] | None:
+    """`status`'s view of the index being built for `embedder_next`: chunks done, and the
+    time left at the average pace since the build started (None until it has a pace)."""
+    if progress is None:
+        return None
+    done = min(progress.done, progress.total)
+    eta = None
+    if done and progress.started_at:
+        elapsed = time.time() - progress.started_at
+        eta = round((progress.total - done) * elapsed / done)
+    return {
+        "model": progress.model,
+        "done": done,
+        "total": progress.total,
+        "eta_seconds": eta,
+    }

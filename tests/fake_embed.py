@@ -40,6 +40,8 @@ class Request:
 class FakeEmbedAPI:
     key: str = "test-key"
     dimension: int = 64
+    #: Per model (the OpenAI route's `model`), a dimension other than `dimension`.
+    dimensions: dict[str, int] = field(default_factory=dict)
     max_texts: int = 200
     max_chars: int = 2000
     #: 429 + Retry-After beyond this many requests in any 60 s (None: no limit).
@@ -163,7 +165,8 @@ class FakeEmbedAPI:
             return 422, {"detail": problem}, {}
         if self.reject_marker and any(self.reject_marker in t for t in texts):
             return 422, {"detail": f"text contains forbidden content {self.reject_marker!r}"}, {}
-        vectors = [fake_vector(t, self.dimension) for t in texts]
+        dimension = self.dimensions.get(body.get("model"), self.dimension)
+        vectors = [fake_vector(t, dimension) for t in texts]
         if route == "/embed":
             return 200, {"id": "req-1", "results": [{"embedding": v} for v in vectors]}, {}
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]

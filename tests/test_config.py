@@ -204,3 +204,33 @@ def test_api_key_variable_with_a_space_is_refused_naming_it(make_config, monkeyp
     with pytest.raises(ConfigError, match="AI21_API_KEY") as info:
         api_key(settings.embedder)
     assert "sk-abc" not in str(info.value)
+
+
+def test_embedder_next_takes_the_keys_of_embedder(make_config, monkeypatch, tmp_path):
+    monkeypatch.setenv("SYNCD_EMBEDDER_NEXT__REQUESTS_PER_MINUTE", "30")
+    settings = load_config(
+        make_config(
+            embedder_next={
+                "provider": "openai",
+                "model": "text-embedding-3-small",
+                "api_key_file": "keys/openai",
+            }
+        )
+    )
+    following = settings.embedder_next
+    assert (following.provider, following.requests_per_minute) == ("openai", 30)
+    assert following.api_key_file == tmp_path / "keys" / "openai"
+    monkeypatch.delenv("SYNCD_EMBEDDER_NEXT__REQUESTS_PER_MINUTE")
+    assert load_config(make_config()).embedder_next is None
+
+
+@pytest.mark.parametrize(
+    ("sections", "named"),
+    [
+        ({"embedder_next": {"modle": "x"}}, "embedder_next.modle"),
+        ({"embedder_next": {"provider": "ai21", "batch_size": 500}}, "embedder_next.batch_size"),
+    ],
+)
+def test_invalid_embedder_next_names_the_key(make_config, sections, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(make_config(**sections))

@@ -40,6 +40,11 @@ class Embedder(Protocol):
     async def aclose(self) -> None: ...
 
 
+def model_id(config: EmbedderConfig) -> str:
+    """The `model_id` the embedder of this config will have, without starting it."""
+    return f"{config.provider}:{config.model}"
+
+
 def make_embedder(config: EmbedderConfig) -> Embedder:
     if config.provider == "local":
         from syncd.embedders.local import LocalEmbedder

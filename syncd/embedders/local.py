@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from syncd.config import EmbedderConfig
-from syncd.embedders import Kind
+from syncd.embedders import Kind, model_id
 from syncd.errors import ConfigError
 from syncd.memory import trim_heap
 
@@ -145,7 +145,7 @@ class LocalEmbedder:
     def __init__(self, config: EmbedderConfig) -> None:
         if config.model != MODEL:
             raise ConfigError(f"embedder.model: provider local ships only {MODEL!r}")
-        self.model_id = f"local:{MODEL}"
+        self.model_id = model_id(config)
         _tokenizer_path()  # a missing package is a configuration error now, not at first use
         # Loaded at the first embed: a no-op resync or `status` never pays for the model.
         self._model: tuple[Any, Any] | None = None

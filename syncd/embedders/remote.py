@@ -31,7 +31,7 @@ from tenacity import (
 from syncd import metrics
 from syncd.config import EmbedderConfig, api_key
 from syncd.credentials import redact
-from syncd.embedders import Kind
+from syncd.embedders import Kind, model_id
 from syncd.errors import BackendUnavailable, EmbedAuth, EmbedRejected, EmbedTransient
 
 log = structlog.get_logger()
@@ -53,7 +53,7 @@ class RemoteEmbedder:
         retry_seconds: float = 300,
         max_backoff_seconds: float = 60,
     ) -> None:
-        self.model_id = f"{self.provider}:{config.model}"
+        self.model_id = model_id(config)
         self.model = config.model
         self.dimension = 0
         self.max_batch = config.batch_size

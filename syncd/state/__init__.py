@@ -26,6 +26,7 @@ from syncd.state.rows import (
     QueuedText,
     SourceStatus,
     StoredChunk,
+    SwitchProgress,
     Synced,
 )
 from syncd.state.schema import MIGRATIONS
@@ -37,6 +38,7 @@ __all__ = [
     "SourceStatus",
     "State",
     "StoredChunk",
+    "SwitchProgress",
     "Synced",
     "open_state",
 ]
@@ -182,12 +184,80 @@ class State:
             documents = db.execute("SELECT count(*) FROM documents").fetchone()[0]
         return documents, chunks
 
+    # -- the next embedder, whose index is built beside the active one -------------------
+
+    @_translated
+    def next_embedder(self) -> str | None:
+        """The embedder whose index is being built; None when there is none."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='embedder_next'").fetchone()
+        return row[0] if row else None
+
+    @_translated
+    def use_next_embedder(self, model_id: str | None) -> None:
+        """Build for this embedder (None: for none); another one's vectors and progress go."""
+        if self.next_embedder() == model_id:
+            return
+        with self.transaction() as db:
+            db.execute("DELETE FROM next_vectors")
+            db.execute("DELETE FROM copy_progress WHERE target LIKE 'switch %'")
+            db.execute("DELETE FROM meta WHERE key='embedder_next'")
+            if model_id is not None:
+                db.execute("INSERT INTO meta VALUES ('embedder_next', ?)", (model_id,))
+
+    @_translated
+    def begin_switch(self) -> None:
+        """The next index is complete: from here on the switch is finished, even after a crash."""
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('switching', '1')")
+
+    @_translated
+    def switching(self) -> str | None:
+        """The embedder a switch that began but did not finish goes to."""
+        rows = dict(self.db.execute("SELECT key, value FROM meta"))
+        return rows.get("embedder_next") if "switching" in rows else None
+
+    @_translated
+    def finish_switch(self, dimension: int) -> None:
+        """The next embedder is the active one: its vectors become the cache, in one step."""
+        model_id = self.next_embedder()
+        with self.transaction() as db:
+            db.execute("DELETE FROM vectors")
+            db.execute(
+                "INSERT INTO vectors SELECT chunk_hash, vector, ? FROM next_vectors", (time.time(),)
+            )
+            db.execute("DELETE FROM next_vectors")
+            db.execute("DELETE FROM copy_progress WHERE target LIKE 'switch %'")
+            db.execute("DELETE FROM meta WHERE key IN ('embedder_next', 'switching')")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('embedder', ?)", (model_id,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('dimension', ?)", (str(dimension),))
+
+    @_translated
+    def switch_progress(self) -> SwitchProgress | None:
+        model_id = self.next_embedder()
+        if model_id is None:
+            return None
+        progress = self.copy_progress(f"switch {model_id}") or CopyProgress(None, 0)
+        total = self.db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        return SwitchProgress(model_id, progress.copied, total, progress.started_at)
+
+    @_translated
+    def next_vectors(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        return self._vectors("next_vectors", hashes)
+
+    @_translated
+    def add_next_vectors(self, vectors: dict[str, np.ndarray]) -> None:
+        import numpy as np
+
+        self.db.executemany(
+            "INSERT OR REPLACE INTO next_vectors VALUES (?, ?)",
+            [(h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()],
+        )
+
     # -- migrate's progress ---------------------------------------------------------------
 
     @_translated
     def copy_progress(self, target: str) -> CopyProgress | None:
         row = self.db.execute(
-            "SELECT next_offset, copied FROM copy_progress WHERE target=?", (target,)
+            "SELECT next_offset, copied, started_at FROM copy_progress WHERE target=?", (target,)
         ).fetchone()
         return CopyProgress(*row) if row else None
 
@@ -340,6 +410,9 @@ class State:
 
     @_translated
     def vectors(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        return self._vectors("vectors", hashes)
+
+    def _vectors(self, table: str, hashes: Iterable[str]) -> dict[str, np.ndarray]:
         import numpy as np
 
         found: dict[str, np.ndarray] = {}
@@ -347,7 +420,7 @@ class State:
         for i in range(0, len(keys), 500):
             part = keys[i : i + 500]
             rows = self.db.execute(
-                f"SELECT chunk_hash, vector FROM vectors WHERE chunk_hash IN ({','.join('?' * len(part))})",
+                f"SELECT chunk_hash, vector FROM {table} WHERE chunk_hash IN ({','.join('?' * len(part))})",
                 part,
             )
             found.update((h, np.frombuffer(v, dtype=np.float32)) for h, v in rows)

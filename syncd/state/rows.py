@@ -66,6 +66,20 @@ class StoredChunk:
 class CopyProgress:
     next_offset: str | None
     copied: int
+    #: When the copy began (set by its first save).
+    started_at: float | None = None
+
+
+@dataclass(frozen=True)
+class SwitchProgress:
+    """How far the index of `embedder_next` is built."""
+
+    model: str
+    #: Points of the active index copied (or found up to date) in this pass.
+    done: int
+    #: Chunks the state knows: what the active index holds.
+    total: int
+    started_at: float | None
 
 
 @dataclass(frozen=True)

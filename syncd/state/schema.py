@@ -78,4 +78,12 @@ MIGRATIONS = [
     -- state.vector_retention_days, so a document that comes back embeds nothing.
     ALTER TABLE vectors ADD COLUMN last_used REAL;
     """,
+    """
+    -- Vectors of `embedder_next`, by chunk hash, while its index is built: apart from the
+    -- active embedder's, so the two never mix. They become the cache at the switch.
+    CREATE TABLE next_vectors (
+        chunk_hash TEXT PRIMARY KEY,
+        vector BLOB NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]

@@ -10,6 +10,7 @@ store moved between them searches the same and BM25 never costs an embedding req
 from __future__ import annotations
 
 import functools
+import math
 import re
 import uuid
 from collections.abc import Iterable, Iterator
@@ -289,9 +290,59 @@ def mismatch(found: Identity, wanted: Identity, where: str) -> StoreMismatch:
     dims = f" ({wanted.dimension} dims)" if wanted.dimension else ""
     return StoreMismatch(
         f"{where} was built with {found.model} ({found.dimension} dims), but the embedder is "
-        f"{wanted.model}{dims}. Use a new qdrant.collection, or rebuild this one with "
-        "`syncd resync --force`."
+        f"{wanted.model}{dims}. To switch without downtime, put the new embedder in "
+        "`embedder_next` and the one it was built with in `embedder`; or use a new "
+        "qdrant.collection, or rebuild this one with `syncd resync --force`."
     )
+
+
+def next_index(config: QdrantConfig, model_id: str) -> QdrantConfig:
+    """Where the index of a new embedder is built: beside the active one, never in its place.
+
+    On a server a collection named after the model, which the alias `{collection}` will
+    name; embedded, the shard `{collection}.next`, renamed into place at the switch.
+    """
+    if config.url:
+        slug = re.sub(r"[^A-Za-z0-9_-]+", "-", model_id).strip("-")
+        return config.model_copy(update={"collection": f"{config.collection}-{slug}"})
+    return config.model_copy(update={"collection": f"{config.collection}.next"})
+
+
+def promote(config: QdrantConfig, built: QdrantConfig) -> None:
+    """Make the index at `built` the active one and remove the old one, atomically for
+    readers of `config.collection`. Both must be closed; finishes a promotion a crash cut."""
+    if config.url:
+        from syncd.store.server import promote_collection
+
+        promote_collection(config, built.collection)
+    else:
+        from syncd.store.edge import promote_shard
+
+        promote_shard(config.path / config.collection, built.path / built.collection)
+
+
+def drop(config: QdrantConfig) -> None:
+    """Remove an index (one built for an embedder no longer wanted), if it exists."""
+    if config.url:
+        from syncd.store.server import drop_collection
+
+        drop_collection(config)
+    else:
+        from syncd.store.edge import drop_shard
+
+        drop_shard(config.path / config.collection)
+
+
+def same_payload(a: object, b: object) -> bool:
+    """Equal JSON, but for the last digit of a float: Qdrant Edge's JSON parser may round
+    a float's 17th significant digit (an mtime of 1795605043.1500661 reads back ...066)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, int | float) and isinstance(b, int | float) and math.isclose(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_payload(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_payload(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
 
 
 def open_store(

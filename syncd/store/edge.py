@@ -7,7 +7,8 @@ A shard of the old layout (one unnamed dense vector) is upgraded on open: a new 
 built beside it at `{collection}.upgrade` from the old one's vectors and payload texts,
 then swapped in by two renames. A crash at any step leaves what the next open finishes:
 a staging shard with the old one still in place is incomplete and built again; once the
-old one has moved to `{collection}.old`, the staging shard is complete and moves in.
+old one has moved to `{collection}.old`, the staging shard is complete and moves in. A new
+embedder's shard, built at `{collection}.next` (syncd/switch.py), is promoted the same way.
 """
 
 from __future__ import annotations
@@ -242,6 +243,11 @@ def _staging(path: Path) -> Path:
     return path.with_name(path.name + ".upgrade")
 
 
+def _next(path: Path) -> Path:
+    """Where `syncd.store.next_index` builds a new embedder's shard."""
+    return path.with_name(path.name + ".next")
+
+
 def _retired(path: Path) -> Path:
     return path.with_name(path.name + ".old")
 
@@ -272,13 +278,29 @@ def _upgrade(path: Path, identity: Identity) -> None:
     log.info("store_upgrade_finished", path=str(path), points=total)
 
 
+def promote_shard(path: Path, built: Path) -> None:
+    """The complete shard at `built` takes the place of the one at `path` (both closed)."""
+    if built.exists():
+        if path.exists():
+            path.rename(_retired(path))
+        built.rename(path)
+    _finish_swap(path)
+    log.info("store_promoted", path=str(path), built=str(built))
+
+
+def drop_shard(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _finish_swap(path: Path) -> None:
-    """Complete an upgrade a crash interrupted between or after the two renames."""
-    retired, staging = _retired(path), _staging(path)
+    """Complete an upgrade or a promotion a crash interrupted between or after the two
+    renames: the old shard is moved aside only once the new one is complete."""
+    retired = _retired(path)
     if not retired.exists():
         return
     if not path.exists():
-        (staging if staging.exists() else retired).rename(path)
+        built = [p for p in (_staging(path), _next(path)) if p.exists()]
+        (built[0] if built else retired).rename(path)
     shutil.rmtree(retired, ignore_errors=True)
 
 

@@ -6,7 +6,8 @@ A collection of the old layout (one unnamed dense vector) is upgraded on connect
 points are copied into `{collection}-bm25` with BM25 computed from their texts, then the
 old collection is dropped and `{collection}` becomes an alias of the new one. Should a
 crash fall between the drop and the alias, the next connect finds the new collection
-without its name and adds the alias.
+without its name and adds the alias. A new embedder's collection (syncd/switch.py) is
+promoted by the same alias.
 """
 
 from __future__ import annotations
@@ -80,12 +81,7 @@ class ServerStore:
     def connect(
         cls, config: QdrantConfig, identity: Identity | None, rebuild: bool, create: bool
     ) -> ServerStore | None:
-        key = config.api_key.get_secret_value() if config.api_key else None
-        client = (
-            QdrantClient(location=config.url, api_key=key)
-            if config.url == ":memory:"
-            else QdrantClient(url=config.url, api_key=key)
-        )
+        client = _client(config)
         store = cls(client, config.collection)
         if store.ensure(identity, rebuild, create):
             return store
@@ -338,6 +334,55 @@ def _filter(query: SearchQuery, paths: list[str] | None = None) -> m.Filter | No
         ]
         must.append(m.Filter(should=alternatives))
     return m.Filter(must=must) if must else None
+
+
+def _client(config: QdrantConfig) -> QdrantClient:
+    key = config.api_key.get_secret_value() if config.api_key else None
+    if config.url == ":memory:":
+        return QdrantClient(location=config.url, api_key=key)
+    return QdrantClient(url=config.url, api_key=key)
+
+
+def promote_collection(config: QdrantConfig, built: str) -> None:
+    """The alias `{collection}` names `built` from now on, in one alias update, and the
+    collection it named before is deleted. A collection (not an alias) of that name must
+    first be deleted: syncd itself searches the built collection by its own name meanwhile,
+    and a crash in between is finished by running this again."""
+    client = _client(config)
+    try:
+        with _translated():
+            aliases = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
+            old = aliases.get(config.collection)
+            if old == built:
+                return
+            actions: list[Any] = []
+            if old is not None:
+                actions.append(
+                    m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name=config.collection))
+                )
+            elif client.collection_exists(config.collection):
+                client.delete_collection(config.collection)
+            actions.append(
+                m.CreateAliasOperation(
+                    create_alias=m.CreateAlias(collection_name=built, alias_name=config.collection)
+                )
+            )
+            client.update_collection_aliases(actions)
+            if old is not None:
+                client.delete_collection(old)
+        log.info("store_promoted", collection=config.collection, built=built, old=old)
+    finally:
+        client.close()
+
+
+def drop_collection(config: QdrantConfig) -> None:
+    client = _client(config)
+    try:
+        with _translated():
+            if client.collection_exists(config.collection):
+                client.delete_collection(config.collection)
+    finally:
+        client.close()
 
 
 class _translated:
