@@ -206,9 +206,11 @@ class State:
     # -- documents ----------------------------------------------------------------------
 
     @_translated
-    def documents(self, source: str) -> dict[str, DocRow]:
-        rows = self.db.execute("SELECT * FROM documents WHERE source=?", (source,))
-        return {r[1]: DocRow(*r) for r in rows}
+    def documents(self, source: str, paths: Iterable[str] | None = None) -> dict[str, DocRow]:
+        """All the source's documents, or just these paths (a queue batch need not read
+        every row of a large source)."""
+        sql = "SELECT * FROM documents WHERE source=?"
+        return {r[1]: DocRow(*r) for r in self._rows(sql, source, paths)}
 
     @_translated
     def document_count(self, source: str) -> int:
@@ -322,19 +324,22 @@ class State:
     def queued(self, source: str, paths: Iterable[str] | None = None) -> dict[str, QueuedText]:
         """path → the last applied entry of each document of a queue source."""
         sql = "SELECT path, entry_id, text, metadata FROM queued_documents WHERE source=?"
-        if paths is None:
-            rows = list(self.db.execute(sql, (source,)))
-        else:
-            keys, rows = list(set(paths)), []
-            for i in range(0, len(keys), 500):
-                part = keys[i : i + 500]
-                rows += self.db.execute(
-                    f"{sql} AND path IN ({','.join('?' * len(part))})", [source, *part]
-                )
         return {
             path: QueuedText(entry, text, json.loads(meta) if meta else {})
-            for path, entry, text, meta in rows
+            for path, entry, text, meta in self._rows(sql, source, paths)
         }
+
+    def _rows(self, sql: str, source: str, paths: Iterable[str] | None) -> list[tuple]:
+        """The rows `sql` selects for a source, all of them or those of these paths."""
+        if paths is None:
+            return list(self.db.execute(sql, (source,)))
+        keys, rows = list(set(paths)), []
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            rows += self.db.execute(
+                f"{sql} AND path IN ({','.join('?' * len(part))})", [source, *part]
+            )
+        return rows
 
     # -- vectors --------------------------------------------------------------------------
 
