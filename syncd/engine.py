@@ -154,9 +154,8 @@ class Engine:
                 prepared = await asyncio.gather(
                     *(self._prepare(u, plan.force, report) for u in window)
                 )
-                for p in prepared:
-                    if p is not None:
-                        await batcher.add(p, p.chunks, use_cache=not plan.force)
+                ready = [(p, p.chunks) for p in prepared if p is not None]
+                await batcher.add(ready, use_cache=not plan.force)
         if not self.stopping.is_set():
             self.state.set_pending(plan.source, 0, synced=True)
         report.seconds = time.monotonic() - started
