@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -50,12 +51,14 @@ R = TypeVar("R")
 
 
 def _translated(method: Callable[P, R]) -> Callable[P, R]:
-    """sqlite3's exceptions → StateError (a full disk, a corrupt or locked file)."""
+    """sqlite3's exceptions → StateError (a full disk, a corrupt or locked file); one
+    call at a time, since the vector cache is written from a thread."""
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return method(*args, **kwargs)
+            with args[0]._lock:
+                return method(*args, **kwargs)
         except sqlite3.Error as e:
             raise StateError(f"state database: {e}") from e
 
@@ -89,6 +92,7 @@ def open_state(path: Path) -> tuple[State, Path | None]:
 
 class State:
     def __init__(self, path: Path) -> None:
+        self._lock = threading.RLock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
