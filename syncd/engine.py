@@ -176,9 +176,8 @@ class Engine:
                 prepared = await asyncio.gather(
                     *(self._prepare(u, plan.force, report) for u in window)
                 )
-                for p in prepared:
-                    if p is not None:
-                        await batcher.add(p, p.chunks, use_cache=not plan.force)
+                ready = [(p, p.chunks) for p in prepared if p is not None]
+                await batcher.add(ready, use_cache=not plan.force)
         if not self.stopping.is_set():
             self.state.set_pending(plan.source, 0, synced=True)
         report.seconds = time.monotonic() - started
@@ -454,10 +453,14 @@ class Engine:
         points = [point for p in docs for point in _points(p, vectors)]
         for i in range(0, len(points), 1000):
             self.store.upsert(points[i : i + 1000])
+        # One delete per chunk count, not per document: every queue document is trimmed.
+        trims: dict[tuple[str, int], list[str]] = {}
         for p in docs:
             before = p.change.points_before
             if before is None or before > len(p.chunks):
-                self.store.trim(p.change.source, p.change.path, len(p.chunks))
+                trims.setdefault((p.change.source, len(p.chunks)), []).append(p.change.path)
+        for (source, keep), paths in trims.items():
+            self.store.trim(source, paths, keep)
 
 
 def _synced(p: _Prepared) -> Synced:

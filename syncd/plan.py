@@ -172,7 +172,7 @@ def queue_plan(
     A text and metadata the store already holds write nothing. A crash may have left
     points the state never recorded, so every upsert trims after writing.
     """
-    known = state.documents(source)
+    known = state.documents(source, upserts)
     kept = state.queued(source, upserts)
     plan = Plan(source, deletes=[Delete(source, p, e) for p, e in deletes.items()])
     for path, q in upserts.items():

@@ -255,7 +255,7 @@ def test_syncd_server_store_upserts_counts_and_searches(standin):
     hits = store.search(SearchQuery("", other, "dense", 2, "s"))
     assert [h.payload["path"] for h in hits] == ["b.md", "b.md"]
     assert hits[0].score == pytest.approx(1.0, abs=1e-5)
-    store.trim("s", "a.md", keep=1)
+    store.trim("s", ["a.md"], keep=1)
     store.delete_documents("s", ["b.md"])
     assert store.chunk_counts("s") == {"a.md": 1}
     store.close()

@@ -40,15 +40,16 @@ def test_upsert_trim_delete_and_count_per_path(config):
     store.upsert(
         doc_points("s", "a.md", 5, vec(1, 0, 0, 0))
         + doc_points("s", "b.md", 2, vec(0, 1, 0, 0))
+        + doc_points("s", "c.md", 4, vec(0, 1, 1, 0))
         + doc_points("t", "a.md", 1, vec(0, 0, 1, 0))
     )
-    assert store.chunk_counts("s") == {"a.md": 5, "b.md": 2}
+    assert store.chunk_counts("s") == {"a.md": 5, "b.md": 2, "c.md": 4}
     store.upsert(doc_points("s", "a.md", 5, vec(1, 0, 0, 0)))  # same ids: no duplicates
-    store.trim("s", "a.md", keep=3)
+    store.trim("s", ["a.md", "c.md"], keep=3)
     store.delete_documents("s", ["b.md"])
-    assert store.chunk_counts("s") == {"a.md": 3}
+    assert store.chunk_counts("s") == {"a.md": 3, "c.md": 3}
     assert store.chunk_counts("t") == {"a.md": 1}
-    assert (store.count("s"), store.count("t"), store.count("u")) == (3, 1, 0)
+    assert (store.count("s"), store.count("t"), store.count("u")) == (6, 1, 0)
     store.close()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -52,12 +53,14 @@ R = TypeVar("R")
 
 
 def _translated(method: Callable[P, R]) -> Callable[P, R]:
-    """sqlite3's exceptions → StateError (a full disk, a corrupt or locked file)."""
+    """sqlite3's exceptions → StateError (a full disk, a corrupt or locked file); one
+    call at a time, since the vector cache is written from a thread."""
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return method(*args, **kwargs)
+            with args[0]._lock:
+                return method(*args, **kwargs)
         except sqlite3.Error as e:
             raise StateError(f"state database: {e}") from e
 
@@ -91,6 +94,7 @@ def open_state(path: Path) -> tuple[State, Path | None]:
 
 class State:
     def __init__(self, path: Path) -> None:
+        self._lock = threading.RLock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -276,9 +280,11 @@ class State:
     # -- documents ----------------------------------------------------------------------
 
     @_translated
-    def documents(self, source: str) -> dict[str, DocRow]:
-        rows = self.db.execute("SELECT * FROM documents WHERE source=?", (source,))
-        return {r[1]: DocRow(*r) for r in rows}
+    def documents(self, source: str, paths: Iterable[str] | None = None) -> dict[str, DocRow]:
+        """All the source's documents, or just these paths (a queue batch need not read
+        every row of a large source)."""
+        sql = "SELECT * FROM documents WHERE source=?"
+        return {r[1]: DocRow(*r) for r in self._rows(sql, source, paths)}
 
     @_translated
     def document_count(self, source: str) -> int:
@@ -392,19 +398,22 @@ class State:
     def queued(self, source: str, paths: Iterable[str] | None = None) -> dict[str, QueuedText]:
         """path → the last applied entry of each document of a queue source."""
         sql = "SELECT path, entry_id, text, metadata FROM queued_documents WHERE source=?"
-        if paths is None:
-            rows = list(self.db.execute(sql, (source,)))
-        else:
-            keys, rows = list(set(paths)), []
-            for i in range(0, len(keys), 500):
-                part = keys[i : i + 500]
-                rows += self.db.execute(
-                    f"{sql} AND path IN ({','.join('?' * len(part))})", [source, *part]
-                )
         return {
             path: QueuedText(entry, text, json.loads(meta) if meta else {})
-            for path, entry, text, meta in rows
+            for path, entry, text, meta in self._rows(sql, source, paths)
         }
+
+    def _rows(self, sql: str, source: str, paths: Iterable[str] | None) -> list[tuple]:
+        """The rows `sql` selects for a source, all of them or those of these paths."""
+        if paths is None:
+            return list(self.db.execute(sql, (source,)))
+        keys, rows = list(set(paths)), []
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            rows += self.db.execute(
+                f"{sql} AND path IN ({','.join('?' * len(part))})", [source, *part]
+            )
+        return rows
 
     # -- vectors --------------------------------------------------------------------------
 

@@ -257,8 +257,8 @@ class Store(Protocol):
         """Remove every point of these documents."""
         ...
 
-    def trim(self, source: str, path: str, keep: int) -> None:
-        """Remove the document's points with chunk_index >= keep."""
+    def trim(self, source: str, paths: list[str], keep: int) -> None:
+        """Remove these documents' points with chunk_index >= keep."""
         ...
 
     def count(self, source: str) -> int:
@@ -402,9 +402,9 @@ class PendingStore:
         if self._store:
             self._store.delete_documents(source, paths)
 
-    def trim(self, source: str, path: str, keep: int) -> None:
+    def trim(self, source: str, paths: list[str], keep: int) -> None:
         if self._store:
-            self._store.trim(source, path, keep)
+            self._store.trim(source, paths, keep)
 
     def count(self, source: str) -> int:
         return self._store.count(source) if self._store else 0

@@ -113,11 +113,11 @@ class EdgeStore:
             )
             _call(self._shard.update, qe.UpdateOperation.delete_points_by_filter(where))
 
-    def trim(self, source: str, path: str, keep: int) -> None:
+    def trim(self, source: str, paths: list[str], keep: int) -> None:
         where = qe.Filter(
             must=[
                 _source_is(source),
-                qe.FieldCondition("path", match=qe.MatchValue(path)),
+                qe.FieldCondition("path", match=qe.MatchAny(paths)),
                 qe.FieldCondition("chunk_index", range=qe.RangeFloat(gte=keep)),
             ]
         )

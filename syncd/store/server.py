@@ -223,10 +223,10 @@ class ServerStore:
                 _source_is(source), m.FieldCondition(key="path", match=m.MatchAny(any=paths))
             )
 
-    def trim(self, source: str, path: str, keep: int) -> None:
+    def trim(self, source: str, paths: list[str], keep: int) -> None:
         self._delete(
             _source_is(source),
-            m.FieldCondition(key="path", match=m.MatchValue(value=path)),
+            m.FieldCondition(key="path", match=m.MatchAny(any=paths)),
             m.FieldCondition(key="chunk_index", range=m.Range(gte=keep)),
         )
 
