@@ -82,3 +82,23 @@ def test_texts_of_every_length_in_one_call_match_each_alone(local_model):
     together = local_model.embed_sync(texts)
     alone = np.vstack([local_model.embed_sync([t]) for t in texts])
     assert np.allclose(together, alone, atol=1e-5)
+
+
+def test_idle_model_is_dropped_and_loaded_again_by_the_next_embed(monkeypatch):
+    from syncd.config import EmbedderConfig
+    from syncd.embedders import local
+
+    monkeypatch.setattr(local, "IDLE_UNLOAD_SECONDS", 0.1)
+    model = local.LocalEmbedder(EmbedderConfig())
+
+    async def go() -> tuple[np.ndarray, np.ndarray]:
+        first = await model.embed(REFERENCE["sentences"], "document")
+        assert model._model is not None
+        await asyncio.sleep(0.3)
+        assert model._model is None
+        again = await model.embed(REFERENCE["sentences"], "document")
+        await model.aclose()
+        return first, again
+
+    first, again = asyncio.run(go())
+    assert np.array_equal(first, again)
