@@ -102,3 +102,18 @@ def test_idle_model_is_dropped_and_loaded_again_by_the_next_embed(monkeypatch):
 
     first, again = asyncio.run(go())
     assert np.array_equal(first, again)
+
+
+def test_query_session_without_folded_weights_gives_the_same_vectors(local_model):
+    """Queries alone load a session that keeps the weights int8 (less memory); documents
+    then replace it with the folded one."""
+    from syncd.config import EmbedderConfig
+    from syncd.embedders.local import LocalEmbedder
+
+    model = LocalEmbedder(EmbedderConfig())
+    lean = model.embed_sync(REFERENCE["sentences"], "query")
+    assert not model._folded
+    folded = model.embed_sync(REFERENCE["sentences"], "document")
+    assert model._folded
+    assert np.allclose(lean, folded, atol=1e-6)
+    assert np.allclose(folded, local_model.embed_sync(REFERENCE["sentences"]), atol=1e-6)
