@@ -82,3 +82,38 @@ def test_texts_of_every_length_in_one_call_match_each_alone(local_model):
     together = local_model.embed_sync(texts)
     alone = np.vstack([local_model.embed_sync([t]) for t in texts])
     assert np.allclose(together, alone, atol=1e-5)
+
+
+def test_idle_model_is_dropped_and_loaded_again_by_the_next_embed(monkeypatch):
+    from syncd.config import EmbedderConfig
+    from syncd.embedders import local
+
+    monkeypatch.setattr(local, "IDLE_UNLOAD_SECONDS", 0.1)
+    model = local.LocalEmbedder(EmbedderConfig())
+
+    async def go() -> tuple[np.ndarray, np.ndarray]:
+        first = await model.embed(REFERENCE["sentences"], "document")
+        assert model._model is not None
+        await asyncio.sleep(0.3)
+        assert model._model is None
+        again = await model.embed(REFERENCE["sentences"], "document")
+        await model.aclose()
+        return first, again
+
+    first, again = asyncio.run(go())
+    assert np.array_equal(first, again)
+
+
+def test_query_session_without_folded_weights_gives_the_same_vectors(local_model):
+    """Queries alone load a session that keeps the weights int8 (less memory); documents
+    then replace it with the folded one."""
+    from syncd.config import EmbedderConfig
+    from syncd.embedders.local import LocalEmbedder
+
+    model = LocalEmbedder(EmbedderConfig())
+    lean = model.embed_sync(REFERENCE["sentences"], "query")
+    assert not model._folded
+    folded = model.embed_sync(REFERENCE["sentences"], "document")
+    assert model._folded
+    assert np.allclose(lean, folded, atol=1e-6)
+    assert np.allclose(folded, local_model.embed_sync(REFERENCE["sentences"]), atol=1e-6)

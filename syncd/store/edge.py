@@ -223,8 +223,14 @@ def _create(path: Path, identity: Identity) -> qe.EdgeShard:
     shard without its identity file, which every later start would refuse."""
     building = path.with_name(path.name + ".new")
     shutil.rmtree(building, ignore_errors=True)
+    # Cold: vectors are read through the page cache as searches touch them. Cached (the
+    # default) reads the whole preallocated 32 MB chunk into memory at every load, unused
+    # part included; searches take the same time either way (measured, 3,000 points).
+    dense = qe.EdgeVectorParams(
+        size=identity.dimension, distance=qe.Distance.Cosine, memory=qe.Memory.Cold
+    )
     config = qe.EdgeConfig(
-        vectors={DENSE: qe.EdgeVectorParams(size=identity.dimension, distance=qe.Distance.Cosine)},
+        vectors={DENSE: dense},
         sparse_vectors={BM25: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
     )
     shard = _call(qe.EdgeShard.create, str(building), config)
