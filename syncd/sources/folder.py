@@ -13,7 +13,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
 from wcmatch import glob
@@ -31,8 +31,7 @@ log = structlog.get_logger()
 _ANY_CHILD = "\x00syncd-any-child"
 
 
-@dataclass(frozen=True)
-class FileStat:
+class FileStat(NamedTuple):  # a tuple: a scan makes one per file
     size: int
     mtime_ns: int
 
