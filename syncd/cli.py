@@ -35,12 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     from syncd.config import default_config_path, load_config
-    from syncd.logs import configure_logging
 
     args.config = args.config or default_config_path()
     try:
         settings = load_config(args.config)
-        configure_logging(settings.log)
+        # structlog costs ~100 ms (it imports rich); `status` configures it only for Redis.
+        if args.command is not status:
+            from syncd.logs import configure_logging
+
+            configure_logging(settings.log)
         return args.command(settings, args)
     except ConfigError as e:
         _error(
@@ -293,9 +296,35 @@ def _dry_run(settings: Settings, sources: list, as_json: bool, allow_delete: boo
 
 def status(settings: Settings, args: argparse.Namespace) -> int:
     # SQLite (and Redis for queue sources) only, so it works beside a running `syncd run`.
-    import asyncio
+    from syncd.config import RedisSource
+    from syncd.report import switch_status
+    from syncd.sources import state_status
+    from syncd.state import State
 
-    rows, switch = asyncio.run(_statuses(settings))
+    state = State(settings.state.path)
+    try:
+        rows = [state_status(state, s) for s in settings.sources]
+        switch = switch_status(state.switch_progress())
+    finally:
+        state.close()
+    queues = [
+        (row, s)
+        for row, s in zip(rows, settings.sources, strict=True)
+        if isinstance(s, RedisSource)
+    ]
+    if queues:
+        import asyncio
+
+        from syncd.logs import configure_logging
+        from syncd.sources import stream_status
+
+        configure_logging(settings.log)  # the Redis client logs
+
+        async def streams() -> None:
+            for row, source in queues:
+                row["stream"] = await stream_status(source)
+
+        asyncio.run(streams())
     if args.json:
         print(json.dumps({"sources": rows, "embedder_switch": switch}, indent=2))
         return EXIT_OK
@@ -326,19 +355,6 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
                 f"`syncd resync --source {r['name']} --allow-delete`"
             )
     return EXIT_OK
-
-
-async def _statuses(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    from syncd.report import switch_status
-    from syncd.sources import source_status
-    from syncd.state import State
-
-    state = State(settings.state.path)
-    try:
-        rows = [await source_status(state, s) for s in settings.sources]
-        return rows, switch_status(state.switch_progress())
-    finally:
-        state.close()
 
 
 # -- search ---------------------------------------------------------------------------------

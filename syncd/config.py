@@ -7,6 +7,7 @@ raises `ConfigError` naming the offending key.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from pathlib import Path
@@ -22,12 +23,6 @@ from pydantic import (
     Tag,
     ValidationError,
     model_validator,
-)
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
 )
 
 from syncd.credentials import read_secret_file, secret_problem
@@ -220,14 +215,7 @@ class LogConfig(Section):
     format: Literal["auto", "console", "json"] = "auto"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="SYNCD_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        nested_model_default_partial_update=True,
-    )
-
+class Settings(Section):
     sources: Annotated[list[Source], Field(min_length=1)]
     chunking: ChunkingConfig = ChunkingConfig()
     embedder: EmbedderConfig = EmbedderConfig()
@@ -238,18 +226,6 @@ class Settings(BaseSettings):
     watch: WatchConfig = WatchConfig()
     server: ServerConfig = ServerConfig()
     log: LogConfig = LogConfig()
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment variables override the file.
-        return (env_settings, init_settings)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -287,7 +263,7 @@ def default_config_path() -> Path:
 def load_config(path: Path | None = None) -> Settings:
     """Read, override from the environment, validate, and anchor relative paths at the file."""
     path = path or default_config_path()
-    _check_environment()
+    environment = _environment()
     try:
         data = yaml.safe_load(path.read_bytes()) or {}
     except OSError as e:
@@ -303,17 +279,25 @@ def load_config(path: Path | None = None) -> Settings:
     env_url = os.environ.get("SYNCD_QDRANT__URL") and "SYNCD_QDRANT__PATH" not in os.environ
     if env_url or (qdrant.get("url") and "path" not in qdrant):
         data["qdrant"] = {**qdrant, "path": None}
+    # Environment variables override the file, key by key within a section.
+    for section, value in environment.items():
+        current = data.get(section)
+        data[section] = (
+            current | value if isinstance(current, dict) and isinstance(value, dict) else value
+        )
     try:
         settings = Settings(**data)
     except ValidationError as e:
         raise ConfigError(f"config file {path}: {_describe(e)}") from None
-    except SettingsError as e:
-        raise ConfigError(f"environment: {e}") from None
     return _anchor(settings, path.resolve().parent)
 
 
-def _check_environment() -> None:
-    """A misspelt section (SYNCD_EMBEDER__PROVIDER) would otherwise be silently ignored."""
+def _environment() -> dict[str, Any]:
+    """The `SYNCD_*` variables as sections: `SYNCD_<SECTION>` is JSON (a whole section, or the
+    list of sources), `SYNCD_<SECTION>__<KEY>` one value as text, converted as the file's is.
+
+    A misspelt name (SYNCD_EMBEDER__PROVIDER) is an error: ignored, it would go unnoticed.
+    """
     known = {"SYNCD_CONFIG"}
     for name, field in Settings.model_fields.items():
         known.add(f"SYNCD_{name.upper()}")
@@ -321,13 +305,31 @@ def _check_environment() -> None:
         for section in (field.annotation, *getattr(field.annotation, "__args__", ())):
             if isinstance(section, type) and issubclass(section, Section):
                 known.update(f"SYNCD_{name.upper()}__{key.upper()}" for key in section.model_fields)
-    for name in os.environ:
-        if name.upper().startswith("SYNCD_") and name.upper() not in known:
-            key = name.upper().removeprefix("SYNCD_").lower().replace("__", ".")
+    sections: dict[str, Any] = {}
+    keys: dict[str, dict[str, str]] = {}
+    for name, value in os.environ.items():
+        upper = name.upper()
+        if not upper.startswith("SYNCD_") or upper == "SYNCD_CONFIG":
+            continue
+        section, _, key = upper.removeprefix("SYNCD_").lower().partition("__")
+        if upper not in known:
             raise ConfigError(
-                f"environment variable {name}: unknown key {key}",
+                f"environment variable {name}: unknown key "
+                f"{upper.removeprefix('SYNCD_').lower().replace('__', '.')}",
                 hint="unset it, or name a key of config.yaml as SYNCD_<SECTION>__<KEY>",
             )
+        if key:
+            keys.setdefault(section, {})[key] = value
+            continue
+        try:
+            sections[section] = json.loads(value)
+        except ValueError as e:
+            # json's message gives the position only, never the text (which may hold a key).
+            raise ConfigError(f"environment variable {name}: invalid JSON: {e}") from None
+    for section, values in keys.items():
+        whole = sections.get(section)
+        sections[section] = (whole if isinstance(whole, dict) else {}) | values
+    return sections
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:

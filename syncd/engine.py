@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from syncd.chunking import Chunk, chunk_text
 from syncd.config import FolderSource, RedisSource, Settings
 from syncd.embedders import Embedder, make_embedder
 from syncd.embedders.batching import Batcher
@@ -58,6 +57,8 @@ from syncd.switch import (
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from syncd.chunking import Chunk
 
 log = structlog.get_logger()
 
@@ -362,6 +363,8 @@ class Engine:
         return _Prepared(u, doc_hash, doc, chunks)
 
     def _chunk(self, doc: Extracted) -> list[Chunk]:
+        from syncd.chunking import chunk_text  # and numpy: a no-op reconcile chunks nothing
+
         c = self.settings.chunking
         return chunk_text(doc.text, c.max_chars, c.overlap_chars, doc.is_markdown, doc.paged)
 

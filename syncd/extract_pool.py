@@ -18,12 +18,13 @@ import os
 import resource
 import signal
 from concurrent.futures import Future
-from multiprocessing import get_context
-
-import pebble
+from typing import TYPE_CHECKING
 
 from syncd.errors import DocumentError
 from syncd.extract import Extracted, extract, needs_worker
+
+if TYPE_CHECKING:
+    import pebble
 
 # Per worker, beyond what it maps at start: two workers and syncd stay well under 1.5 GB.
 DEFAULT_MEMORY_LIMIT = 512 << 20
@@ -63,6 +64,8 @@ class ExtractPool:
         """
         if not needs_worker(path):
             return await asyncio.to_thread(extract, path, data, ocr_language)
+        import pebble  # here: a reconcile with nothing to extract in a worker never loads it
+
         future = self._start().schedule(
             _extract_in_worker, (path, data, ocr_language, self.max_text_chars), timeout=timeout
         )
@@ -96,6 +99,10 @@ class ExtractPool:
                 future.set_exception(DocumentError("extraction stopped: shutting down"))
 
     def _start(self) -> pebble.ProcessPool:
+        from multiprocessing import get_context
+
+        import pebble
+
         if self._closed:
             raise DocumentError("extraction stopped: shutting down")
         if self._pool is None:

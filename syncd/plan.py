@@ -20,7 +20,7 @@ from syncd.state import DocRow, QueuedText, State
 from syncd.store import Store
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a first sync plans one per file
 class Upsert:
     """One document to (re)write: a file to read, or a text a queue delivered."""
 
@@ -95,30 +95,40 @@ def folder_plan(
     are known raises SourceUnavailable, and more deletions than `max_delete_fraction`
     are held; `allow_delete` confirms the last two.
     """
-    docs = state.documents(source.name)
     if paths is None:
         listing = folder.scan(source)
-        in_store = _points_in_store(store, source.name, docs)
+        in_store = _points_in_store(store, state, source.name)
     else:
         listing = folder.stat_paths(source, paths)
         if not source.path.is_dir():
             listing.unlisted[""] = "No such directory"
-        docs = {p: d for p, d in docs.items() if p in paths}
-        in_store = expected_points(docs)
-    known = docs.keys() | in_store.keys()
+        in_store = None
+    # Rows come in path order, so the first one (if any) says whether anything is known.
+    known = next(state.each_document(source.name, paths), None) is not None or bool(in_store)
     if allow_delete:
         listing.unlisted.pop("", None)  # confirmed: a missing root means every file is gone
     else:
-        _check_available(source, listing, full=paths is None, known=bool(known))
-    stats = listing.files
+        _check_available(source, listing, full=paths is None, known=known)
     plan = Plan(source.name, force=force, full=paths is None, unlisted=listing.unlisted)
-    for path in sorted(stats):
-        doc, points = docs.get(path), in_store.get(path, 0)
-        if doc is None or force or _needs_sync(doc, stats[path], points, retry_failed):
-            plan.upserts.append(Upsert(source.name, path, doc, points, stat=stats[path]))
+    # One pass over the state, a row at a time (a million documents need not be objects at
+    # once), taking each listed file it knows out of `new`: what is left there is new.
+    new, gone = listing.files, []
+    for doc in state.each_document(source.name, paths):
+        stat = new.pop(doc.path, None)
+        points = doc.chunk_count if in_store is None else in_store.pop(doc.path, 0)
+        if stat is None:
+            gone.append(doc.path)
+        elif force or _needs_sync(doc, stat, points, retry_failed):
+            plan.upserts.append(Upsert(source.name, doc.path, doc, points, stat=stat))
         else:
             plan.unchanged += 1
-    gone = sorted(p for p in known - stats.keys() if not listing.covers(p))
+    # Points of paths the state has no row for: those listed are rewritten, the others gone.
+    unrecorded = in_store or {}
+    for path, stat in new.items():
+        plan.upserts.append(Upsert(source.name, path, None, unrecorded.get(path, 0), stat=stat))
+    plan.upserts.sort(key=lambda u: u.path)
+    gone += unrecorded.keys() - new.keys()
+    gone = sorted(p for p in gone if not listing.covers(p))
     if not allow_delete and _too_many(len(gone), state, source):
         plan.held = gone
     else:
@@ -237,16 +247,16 @@ def expected_points(docs: dict[str, DocRow]) -> dict[str, int]:
     return {p: d.chunk_count for p, d in docs.items() if d.chunk_count}
 
 
-def _points_in_store(store: Store | None, source: str, docs: dict[str, DocRow]) -> dict[str, int]:
-    """Points per path as the store holds them.
+def _points_in_store(store: Store | None, state: State, source: str) -> dict[str, int] | None:
+    """Points per path as the store holds them; None when their total is what the state
+    expects, so its own counts stand.
 
     Asking per path (a facet) costs ~30 us a point, so it is asked only when the total
     differs from what the state expects: a lost state file, points deleted by hand.
     A crash needs no such check: its documents still differ from the state on disk.
     """
-    expected = expected_points(docs)
-    if store is None or store.count(source) == sum(expected.values()):
-        return expected
+    if store is None or store.count(source) == state.chunk_total(source):
+        return None
     return store.chunk_counts(source)
 
 

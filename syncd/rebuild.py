@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import structlog
 
 from syncd.state import State, StoredChunk
@@ -76,6 +75,8 @@ def _chunks(store: Store, sources: set[str]) -> Iterator[list[StoredChunk]]:
 
 
 def _chunk(r: Record, sources: set[str]) -> StoredChunk | None:
+    import numpy as np  # here: every command opens the engine, few rebuild a state
+
     p = r.payload
     # Points another tool wrote into the collection teach nothing about syncd's documents.
     if p.get("source") not in sources or any(p.get(k) is None for k in _NEEDED):

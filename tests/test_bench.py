@@ -9,8 +9,9 @@ ROOT = Path(__file__).parent.parent
 
 
 def test_bench_runs_every_scenario_and_writes_json_and_plot(tmp_path):
+    args = ["--quick", "--no-peer", "--scale", "200", "--out", str(tmp_path)]
     out = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--no-peer", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -31,6 +32,7 @@ def test_bench_runs_every_scenario_and_writes_json_and_plot(tmp_path):
         "memory",
         "startup",
         "migrate",
+        "scale",
     ):
         assert results[name]["wall_seconds"] > 0, name
     assert results["incremental"]["texts_embedded"] >= 1
@@ -40,3 +42,4 @@ def test_bench_runs_every_scenario_and_writes_json_and_plot(tmp_path):
     assert results["migrate"]["to_parallel_4_points_per_s"] > 0
     assert (tmp_path / "results.png").stat().st_size > 0
     assert "no-op reconcile" in out.stdout
+    assert results["scale"]["files"] == 200 and "scale: no-op resync, 200 files" in out.stdout

@@ -35,6 +35,23 @@ def test_version(project):
     assert out.returncode == 0 and out.stdout.strip() == f"syncd {syncd.__version__}"
 
 
+@pytest.mark.parametrize("args", [["--version"], ["status"]])
+def test_quick_commands_import_no_heavy_library(project, args):
+    """Start-up time: each of these costs tens of milliseconds, and neither command uses one."""
+    code = (
+        "import sys\nfrom syncd.cli import main\ntry:\n    main(sys.argv[1:])\n"
+        "except SystemExit:\n    pass\nprint(' '.join(sys.modules), file=sys.stderr)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=project, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    loaded = {name.partition(".")[0] for name in out.stderr.split()}
+    heavy = {"asyncio", "structlog", "rich", "pydantic_settings", "numpy", "httpx", "qdrant_client"}
+    heavy |= {"onnxruntime", "kreuzberg", "pebble", "redis", "watchdog", "qdrant_edge"}
+    assert not loaded & heavy
+
+
 def test_resync_status_and_search(project):
     out = syncd_cmd("resync", cwd=project)
     assert out.returncode == 0, out.stderr

@@ -83,6 +83,20 @@ def test_suffix_fast_path_agrees_with_wcmatch():
     assert [matcher.included(n) for n in names] == [bool(reference.match(n)) for n in names]
 
 
+@pytest.mark.parametrize(
+    "exclude", [["**/.git/**"], ["drafts/**", "*.tmp"], ["**/**"], ["**"], ["a/**/b/**"]]
+)
+def test_listed_agrees_with_included_where_no_directory_is_pruned(exclude):
+    from syncd.sources.folder import Matcher
+
+    matcher = Matcher(["**/*.md", "**/*.tmp"], exclude)
+    names = ["a.md", "x.tmp", "d/a.md", "drafts/a.md", "a/b/c.md", "a/x/b/c.md", ".git/a.md"]
+    for name in names:
+        parents = name.split("/")[:-1]
+        if not any(matcher.prunes("/".join(parents[: i + 1])) for i in range(len(parents))):
+            assert matcher.listed(name) == matcher.included(name), name
+
+
 def test_inotify_limit_falls_back_to_polling_and_says_how_to_raise_it(tmp_path, monkeypatch):
     import errno
     import time

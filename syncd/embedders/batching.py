@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import structlog
 
-from syncd.chunking import Chunk
 from syncd.embedders import Embedder
 from syncd.errors import EmbedRejected
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from syncd.chunking import Chunk
 
 log = structlog.get_logger()
 

@@ -13,10 +13,9 @@ import asyncio
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import numpy as np
 import orjson
 import structlog
 from aiolimiter import AsyncLimiter
@@ -33,6 +32,9 @@ from syncd.config import EmbedderConfig, api_key
 from syncd.credentials import redact
 from syncd.embedders import Kind, model_id
 from syncd.errors import BackendUnavailable, EmbedAuth, EmbedRejected, EmbedTransient
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = structlog.get_logger()
 
@@ -174,6 +176,8 @@ class RemoteEmbedder:
         )
 
     def _parse(self, response: httpx.Response, count: int) -> np.ndarray:
+        import numpy as np  # here: a no-op resync, which embeds nothing, skips loading it
+
         """A malformed answer is retried: it is the server's fault, never stored."""
         try:
             # orjson: decoding the floats was a sixth of a fast API's first sync (py-spy).

@@ -13,8 +13,16 @@ from syncd.state import State
 
 async def source_status(state: State, source: FolderSource | RedisSource) -> dict[str, Any]:
     """Documents, chunks, pending, failures and last sync from SQLite; a queue's stream too."""
+    row = state_status(state, source)
+    if isinstance(source, RedisSource):
+        row["stream"] = await stream_status(source)
+    return row
+
+
+def state_status(state: State, source: FolderSource | RedisSource) -> dict[str, Any]:
+    """The part of `source_status` SQLite knows: all of it for a folder."""
     r = state.status(source.name)
-    row: dict[str, Any] = {
+    return {
         "name": r.name,
         "type": source.type,
         "documents": r.documents,
@@ -26,15 +34,16 @@ async def source_status(state: State, source: FolderSource | RedisSource) -> dic
         "unlisted": [{"path": p or ".", "error": e} for p, e in r.unlisted.items()],
         "held_deletions": r.held_deletions,
     }
-    if isinstance(source, RedisSource):
-        from syncd.sources.redis_stream import RedisStream  # only queue sources need Redis
 
-        stream = RedisStream(source)
-        try:
-            row["stream"] = asdict(await stream.status())
-        finally:
-            await stream.close()
-    return row
+
+async def stream_status(source: RedisSource) -> dict[str, Any]:
+    from syncd.sources.redis_stream import RedisStream  # only queue sources need Redis
+
+    stream = RedisStream(source)
+    try:
+        return asdict(await stream.status())
+    finally:
+        await stream.close()
 
 
 def _iso(ts: float | None) -> str | None:

@@ -13,7 +13,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
 from wcmatch import glob
@@ -31,8 +31,7 @@ log = structlog.get_logger()
 _ANY_CHILD = "\x00syncd-any-child"
 
 
-@dataclass(frozen=True)
-class FileStat:
+class FileStat(NamedTuple):  # a tuple: a scan makes one per file
     size: int
     mtime_ns: int
 
@@ -42,24 +41,33 @@ class Matcher:
     with a dot match only patterns that name the dot).
 
     Patterns of the form `**/*.ext` (the default include lists some sixty) become one set
-    of suffixes: a set lookup per file instead of trying sixty regexes.
+    of suffixes: a set lookup per file instead of trying sixty regexes. A file in a
+    directory `prunes` let through is tested against the exclude patterns not of the form
+    `X/**` only (`listed`): those match a file only under a directory they match too, and
+    trying them (the default exclude list is all such) was a quarter of a scan's time.
     """
 
     def __init__(self, include: list[str], exclude: list[str]) -> None:
         self._suffixes = {p[4:] for p in include if _BY_SUFFIX.fullmatch(p)}
         self._include = _one_regex([p for p in include if not _BY_SUFFIX.fullmatch(p)])
         self._exclude = _one_regex(exclude)
+        self._exclude_files = _one_regex([p for p in exclude if not _under_directory(p)])
 
     def included(self, rel: str) -> bool:
-        return (self._by_suffix(rel) or self._include.match(rel) is not None) and not self.excluded(
-            rel
-        )
+        return self._wanted(rel) and not self.excluded(rel)
+
+    def listed(self, rel: str) -> bool:
+        """`included`, for a file none of whose directories `prunes`."""
+        return self._wanted(rel) and self._exclude_files.match(rel) is None
 
     def excluded(self, rel: str) -> bool:
         return self._exclude.match(rel) is not None
 
     def prunes(self, rel_dir: str) -> bool:
         return self.excluded(f"{rel_dir}/{_ANY_CHILD}")
+
+    def _wanted(self, rel: str) -> bool:
+        return self._by_suffix(rel) or self._include.match(rel) is not None
 
     def _by_suffix(self, rel: str) -> bool:
         name = rel.rpartition("/")[2]
@@ -71,6 +79,12 @@ class Matcher:
 
 _BY_SUFFIX = re.compile(r"\*\*/\*\.[A-Za-z0-9_+-]+")
 _NOTHING = re.compile(r"(?!)")
+
+
+def _under_directory(pattern: str) -> bool:
+    """`X/**` where X needs a directory name (`**/**` also matches a file in the root)."""
+    head, _, tail = pattern.rpartition("/")
+    return tail == "**" and any(part not in ("", "**") for part in head.split("/"))
 
 
 def _one_regex(patterns: list[str]) -> re.Pattern[str]:
@@ -138,7 +152,7 @@ def scan(source: FolderSource) -> Listing:
                     if real not in seen_dirs and not matcher.prunes(rel):
                         seen_dirs.add(real)
                         stack.append((Path(entry.path), f"{rel}/"))
-                elif entry.is_file() and matcher.included(rel):
+                elif entry.is_file() and matcher.listed(rel):
                     st = entry.stat()
                     listing.files[rel] = FileStat(st.st_size, st.st_mtime_ns)
             except OSError as e:
@@ -155,7 +169,7 @@ def stat_paths(source: FolderSource, paths: set[str]) -> Listing:
     listing = Listing()
     for rel in paths:
         parts = rel.split("/")
-        if not matcher.included(rel) or any(
+        if not matcher.listed(rel) or any(
             matcher.prunes("/".join(parts[:i])) for i in range(1, len(parts))
         ):
             continue

@@ -286,6 +286,32 @@ class State:
         sql = "SELECT * FROM documents WHERE source=?"
         return {r[1]: DocRow(*r) for r in self._rows(sql, source, paths)}
 
+    def each_document(self, source: str, paths: Iterable[str] | None = None) -> Iterator[DocRow]:
+        """The documents of a source (or those at `paths`) in path order, a row at a time:
+        a reconcile of a million files need not hold a million rows."""
+        sql = "SELECT * FROM documents WHERE source=?"
+        try:
+            if paths is None:
+                yield from map(DocRow._make, self.db.execute(f"{sql} ORDER BY path", (source,)))
+                return
+            keys = sorted(set(paths))
+            for i in range(0, len(keys), 500):
+                part = keys[i : i + 500]
+                rows = self.db.execute(
+                    f"{sql} AND path IN ({','.join('?' * len(part))}) ORDER BY path",
+                    [source, *part],
+                )
+                yield from map(DocRow._make, rows)
+        except sqlite3.Error as e:  # `_translated` cannot reach into a generator
+            raise StateError(f"state database: {e}") from e
+
+    @_translated
+    def chunk_total(self, source: str) -> int:
+        """The points the store should hold for the source."""
+        return self.db.execute(
+            "SELECT coalesce(sum(chunk_count), 0) FROM documents WHERE source=?", (source,)
+        ).fetchone()[0]
+
     @_translated
     def document_count(self, source: str) -> int:
         return self.db.execute(

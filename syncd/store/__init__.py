@@ -17,12 +17,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import qdrant_edge as qe
-
 from syncd.errors import ConfigError, StoreMismatch
 
 if TYPE_CHECKING:  # annotations only: the CLI imports this module to parse its arguments
     import numpy as np
+    import qdrant_edge as qe
 
     from syncd.config import QdrantConfig
 
@@ -52,6 +51,8 @@ _METADATA_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 @functools.cache
 def _bm25() -> qe.Bm25:
+    import qdrant_edge as qe  # here: `status` and `--version` need not load the engine
+
     return qe.Bm25()
 
 

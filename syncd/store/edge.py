@@ -51,6 +51,9 @@ from syncd.store import (
 log = structlog.get_logger(__name__)
 
 IDENTITY_FILE = "syncd.json"
+# Edge holds what it has not flushed in memory, ~0.7 KB a point: a first sync of a million
+# files held 0.7 GB more at its end. Flushing this often costs little and caps that.
+FLUSH_EVERY_POINTS = 50_000
 _SCHEMAS = {
     **dict.fromkeys(KEYWORD_FIELDS, qe.PayloadSchemaType.Keyword),
     **dict.fromkeys(INTEGER_FIELDS, qe.PayloadSchemaType.Integer),
@@ -65,6 +68,7 @@ class EdgeStore:
     def __init__(self, shard: qe.EdgeShard, identity: Identity) -> None:
         self._shard = shard
         self.identity = identity
+        self._unflushed = 0
 
     @classmethod
     def open(
@@ -92,6 +96,10 @@ class EdgeStore:
     def upsert_records(self, records: list[Record]) -> None:
         ops = [qe.Point(r.id, {DENSE: r.dense, BM25: r.bm25}, r.payload) for r in records]
         _call(self._shard.update, qe.UpdateOperation.upsert_points(ops))
+        self._unflushed += len(ops)
+        if self._unflushed >= FLUSH_EVERY_POINTS:
+            _call(self._shard.flush)
+            self._unflushed = 0
 
     def scroll(
         self, offset: str | None = None, limit: int = UPGRADE_BATCH
