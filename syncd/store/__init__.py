@@ -10,7 +10,6 @@ store moved between them searches the same and BM25 never costs an embedding req
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import os
 import re
@@ -377,6 +376,8 @@ def seal(config: QdrantConfig, identity: Identity) -> str | None:
     """
     if config.url:
         return None
+    import hashlib  # here: `--version` and `status` import this module, not OpenSSL
+
     files = []
     for directory, _, names in os.walk(config.path / config.collection):
         for name in names:
