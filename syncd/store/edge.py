@@ -53,7 +53,10 @@ log = structlog.get_logger(__name__)
 
 IDENTITY_FILE = "syncd.json"
 # Edge holds what it has not flushed in memory, ~0.7 KB a point: a first sync of a million
-# files held 0.7 GB more at its end. Flushing this often costs little and caps that.
+# files held 0.7 GB more at its end. Flushing this often costs little and caps that. So
+# does optimizing as often: the appendable segment, its payload indexes in memory, stops
+# growing. 200,000 points written at once: peak 2,360 MB and 101 s when optimized only at
+# the end (which copies the whole segment), 838 MB and 53 s optimized every 50,000.
 FLUSH_EVERY_POINTS = 50_000
 # Edge builds no index until asked (`optimize`), and scans every dense vector of its one
 # appendable segment in full precision: 22 ms a query at 100,000 points. Asked after each
@@ -123,6 +126,7 @@ class EdgeStore:
         if self._unflushed >= FLUSH_EVERY_POINTS:
             _call(self._shard.flush)
             self._unflushed = 0
+            self.optimize()
 
     def scroll(
         self, offset: str | None = None, limit: int = UPGRADE_BATCH
@@ -313,19 +317,17 @@ def _upgrade(path: Path, identity: Identity) -> None:
     old = _call(qe.EdgeShard.load, str(path))
     total = _call(old.count, qe.CountRequest(exact=True))
     log.info("store_upgrade_started", path=str(path), points=total, adds=BM25)
-    new = _create(staging, identity)
-    batch: list[qe.Point] = []
+    new = EdgeStore(_create(staging, identity), identity)
+    batch: list[Record] = []
     for record in _scroll(old, None, with_vector=True):
         payload = record.payload or {}
-        vectors = {DENSE: record.vector, BM25: bm25_document(payload.get("text", ""))}
-        batch.append(qe.Point(record.id, vectors, payload))
+        text = payload.get("text", "")
+        batch.append(Record(str(record.id), record.vector, bm25_document(text), payload))
         if len(batch) == UPGRADE_BATCH:
-            _call(new.update, qe.UpdateOperation.upsert_points(batch))
+            new.upsert_records(batch)
             batch = []
     if batch:
-        _call(new.update, qe.UpdateOperation.upsert_points(batch))
-    _call(new.optimize)
-    _call(new.flush)
+        new.upsert_records(batch)
     new.close()
     old.close()
     path.rename(_retired(path))
