@@ -196,6 +196,8 @@ class Engine:
                     )
                     ready = [(p, p.chunks) for p in prepared if p is not None]
                     await batcher.add(ready, use_cache=not plan.force)
+        if report.added or report.updated or report.deleted:
+            await asyncio.to_thread(self.store.optimize)
         if not self.stopping.is_set():
             self.state.set_pending(plan.source, 0, synced=True)
         report.seconds = time.monotonic() - started
