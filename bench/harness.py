@@ -57,8 +57,11 @@ def settings(root: Path, sources: list[dict] | None = None, **sections: Any) -> 
 
 
 def sync(config: Settings, force: bool = False) -> tuple[Report, float]:
+    """One resync in this process, opened as `syncd resync` opens it (the store only once
+    a plan has work, and sealed as it closes, so a later no-op leaves it closed)."""
+
     async def go() -> Report:
-        async with opened(config) as engine:
+        async with opened(config, build_next=True, lazy=True) as engine:
             return await engine.resync(force=force)
 
     started = time.perf_counter()

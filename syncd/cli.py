@@ -245,7 +245,9 @@ async def _resync(
     from syncd.engine import opened
 
     rebuild = force and len(sources) == len(settings.sources)
-    async with opened(settings, rebuild=rebuild, progress=progress, build_next=True) as engine:
+    async with opened(
+        settings, rebuild=rebuild, progress=progress, build_next=True, lazy=True
+    ) as engine:
         if engine.rebuilt:
             print(engine.rebuilt.describe(), file=sys.stderr)
         report = await engine.resync(sources, force, allow_delete=allow_delete)
@@ -266,7 +268,7 @@ def _dry_run(settings: Settings, sources: list, as_json: bool, allow_delete: boo
     from syncd.engine import opened
 
     async def plan() -> list[Plan]:
-        async with opened(settings, create=False) as engine:
+        async with opened(settings, create=False, lazy=True) as engine:
             # A queue has no plan to show: its resync only re-checks the store.
             return [
                 engine.plan(s, allow_delete=allow_delete)

@@ -10,9 +10,10 @@ Order of writes, so that a crash at any moment leaves nothing the next run canno
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from syncd.config import FolderSource, RedisSource, Settings
-from syncd.embedders import Embedder, make_embedder
+from syncd.embedders import Embedder, make_embedder, model_id
 from syncd.embedders.batching import Batcher
 from syncd.errors import (
     DocumentError,
@@ -46,6 +47,7 @@ from syncd.store import (
     open_store,
     point_id,
     promote,
+    seal,
 )
 from syncd.switch import (
     Switch,
@@ -56,6 +58,8 @@ from syncd.switch import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
 
     from syncd.chunking import Chunk
@@ -96,10 +100,18 @@ class Engine:
         self.switch: Switch | None = None
         #: The embedder is the engine's to close (not one its caller passed in).
         self.owns_embedder = False
+        #: Opens the embedder and the store, where `opened` left that to the first write.
+        self._opener: Callable[[], Awaitable[None]] | None = None
         # Cleared while the switch replaces the store: reads wait, never see it closed.
         self._readable = asyncio.Event()
         self._readable.set()
         self._reading = 0
+
+    async def open(self) -> None:
+        """Open the embedder and the store, if `opened` has not yet."""
+        opener, self._opener = self._opener, None
+        if opener is not None:
+            await opener()
 
     def plan(
         self,
@@ -138,6 +150,8 @@ class Engine:
         for source in sources or self.settings.sources:
             if self.stopping.is_set():
                 break
+            if isinstance(source, RedisSource):
+                await self.open()  # its plan asks the store
             try:
                 plan = self.plan(source, force, retry_failed, allow_delete)
             except SourceUnavailable as e:
@@ -156,6 +170,8 @@ class Engine:
         finished, so a shutdown waits for at most one round of embedding batches.
         """
         started = time.monotonic()
+        if plan.size:
+            await self.open()
         self.state.set_pending(plan.source, plan.size)
         self.progress.documents_total += plan.size
         log.info(
@@ -168,17 +184,18 @@ class Engine:
         report = Report(unchanged=plan.unchanged)
         self._record_listing(plan, report)
         self._delete(plan.deletes, report)
-        async with self._batching(report) as batcher:
-            for done in range(0, len(plan.upserts), EXTRACT_CONCURRENCY):
-                if self.stopping.is_set():
-                    self.state.set_pending(plan.source, len(plan.upserts) - done)
-                    break
-                window = plan.upserts[done : done + EXTRACT_CONCURRENCY]
-                prepared = await asyncio.gather(
-                    *(self._prepare(u, plan.force, report) for u in window)
-                )
-                ready = [(p, p.chunks) for p in prepared if p is not None]
-                await batcher.add(ready, use_cache=not plan.force)
+        if plan.upserts:  # else the embedder may not be open: nothing to embed
+            async with self._batching(report) as batcher:
+                for done in range(0, len(plan.upserts), EXTRACT_CONCURRENCY):
+                    if self.stopping.is_set():
+                        self.state.set_pending(plan.source, len(plan.upserts) - done)
+                        break
+                    window = plan.upserts[done : done + EXTRACT_CONCURRENCY]
+                    prepared = await asyncio.gather(
+                        *(self._prepare(u, plan.force, report) for u in window)
+                    )
+                    ready = [(p, p.chunks) for p in prepared if p is not None]
+                    await batcher.add(ready, use_cache=not plan.force)
         if report.added or report.updated or report.deleted:
             await asyncio.to_thread(self.store.optimize)
         if not self.stopping.is_set():
@@ -521,6 +538,7 @@ async def opened(
     progress: Progress | None = None,
     embedder: Embedder | None = None,
     build_next: bool = False,
+    lazy: bool = False,
 ) -> AsyncIterator[Engine]:
     """State, embedder and store for one command, closed in reverse order however it ends.
 
@@ -531,52 +549,108 @@ async def opened(
     An `embedder` passed in is the caller's to close. Nothing in the state changes before
     the store has accepted the embedder, so a refused command leaves everything as it was.
     A state file that is missing or unreadable is rebuilt from the store (`engine.rebuilt`).
+
+    With `lazy` (a one-shot resync), the embedder and the store wait for the first plan
+    with work (`Engine.open`), as long as the store is sealed (see `_sealed`): a resync
+    that finds nothing to do reads only the state and the files.
     """
     state, moved_aside = open_state(settings.state.path)
-    own = store = engine = None
+    engine = Engine(settings, state, None, None, progress)
     try:
         if build_next:
             finish_interrupted_switch(settings, state)
-        if embedder is None:
-            embedder = own = make_embedder(active_embedder(settings, state))
-            # Known from an earlier run: a remote API need not be asked for it.
-            embedder.dimension = state.known_dimension(embedder.model_id) or embedder.dimension
-            await embedder.start()
-        switched_under_us = False
-        try:
-            store = await _open_store(settings, embedder, rebuild, create)
-        except StoreMismatch:
-            # A reader beside a daemon that is switching: the index may be the new one,
-            # whose state the daemon is about to record (so this reader records nothing).
-            other = None if build_next or own is None else other_embedder(settings, embedder)
-            if other is None:
-                raise
-            await own.aclose()
-            embedder = own = make_embedder(other)
-            await embedder.start()
-            store = await _open_store(settings, embedder, rebuild, create)
-            switched_under_us = True
-        sources = {s.name for s in settings.sources}
-        rebuilt = rebuild_state(state, store, sources, embedder.model_id, moved_aside)
-        if not switched_under_us:
-            state.use_embedder(embedder.model_id, embedder.dimension)
-        engine = Engine(settings, state, store, embedder, progress)
-        engine.owns_embedder = own is not None
-        engine.rebuilt = rebuilt
-        if build_next:
-            engine.switch = await open_switch(settings, state, embedder.model_id)
+        engine._opener = functools.partial(
+            _open, engine, rebuild, create, embedder, build_next, moved_aside
+        )
+        if not (lazy and not rebuild and moved_aside is None and _sealed(settings, state)):
+            await engine.open()
         yield engine
     finally:
-        if engine is not None:
-            engine.extract_pool.close()  # kills what still runs: shutdown stays bounded
-            store, own = engine.store, engine.embedder if engine.owns_embedder else None
-            if engine.switch is not None:
-                await engine.switch.close()
-        if store is not None:
-            store.close()
-        if own is not None:
-            await own.aclose()
+        engine.extract_pool.close()  # kills what still runs: shutdown stays bounded
+        if engine.switch is not None:
+            await engine.switch.close()
+        if engine.store is not None:
+            # Loading the shard changes its files: the commands that sync seal it again.
+            _close(engine, sealing=build_next)
+        if engine.owns_embedder:
+            await engine.embedder.aclose()
         state.close()
+
+
+async def _open(
+    engine: Engine,
+    rebuild: bool,
+    create: bool,
+    embedder: Embedder | None,
+    build_next: bool,
+    moved_aside: Path | None,
+) -> None:
+    settings, state = engine.settings, engine.state
+    own = embedder is None
+    if embedder is None:
+        embedder = make_embedder(active_embedder(settings, state))
+        engine.embedder, engine.owns_embedder = embedder, True
+        # Known from an earlier run: a remote API need not be asked for it.
+        embedder.dimension = state.known_dimension(embedder.model_id) or embedder.dimension
+        await embedder.start()
+    switched_under_us = False
+    try:
+        store = await _open_store(settings, embedder, rebuild, create)
+    except StoreMismatch:
+        # A reader beside a daemon that is switching: the index may be the new one,
+        # whose state the daemon is about to record (so this reader records nothing).
+        other = None if build_next or not own else other_embedder(settings, embedder)
+        if other is None:
+            raise
+        await embedder.aclose()
+        engine.owns_embedder = False
+        embedder = make_embedder(other)
+        engine.embedder, engine.owns_embedder = embedder, True
+        await embedder.start()
+        store = await _open_store(settings, embedder, rebuild, create)
+        switched_under_us = True
+    engine.store, engine.embedder = store, embedder
+    if store is not None:
+        state.seal_store(None)  # written from now on: sealed again only as it closes
+    sources = {s.name for s in settings.sources}
+    engine.rebuilt = rebuild_state(state, store, sources, embedder.model_id, moved_aside)
+    if not switched_under_us:
+        state.use_embedder(embedder.model_id, embedder.dimension)
+    if build_next:
+        engine.switch = await open_switch(settings, state, embedder.model_id)
+
+
+def _sealed(settings: Settings, state: State) -> bool:
+    """The store holds just the points the state expects, so far as its sealed files show,
+    and was built by the configured embedder; no switch of embedders is under way."""
+    if settings.embedder_next is not None or state.next_embedder() is not None:
+        return False
+    model = model_id(settings.embedder)
+    dimension = state.known_dimension(model)
+    recorded = state.store_seal()
+    return (
+        recorded is not None
+        and dimension is not None
+        and recorded == seal(settings.qdrant, Identity(model, dimension))
+    )
+
+
+def _close(engine: Engine, sealing: bool) -> None:
+    """Close the store; with `sealing`, sealed (its files' digest recorded in the state)
+    if it holds, for every configured source, the points the state expects: what
+    `folder_plan` would ask the store first, answered now instead of by loading it again."""
+    store, state, settings = engine.store, engine.state, engine.settings
+    consistent = False
+    if sealing and settings.qdrant.url is None:
+        with suppress(StoreError):
+            counts = store.count_by_source()
+            consistent = all(
+                counts.get(s.name, 0) == state.chunk_total(s.name) for s in settings.sources
+            )
+    identity = store.identity
+    store.close()
+    if consistent:
+        state.seal_store(seal(settings.qdrant, identity))
 
 
 async def _open_store(

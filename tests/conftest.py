@@ -87,11 +87,14 @@ def settings(make_config: Callable[..., Path]) -> Settings:
 
 @pytest.fixture
 def resync(embedder: CountingEmbedder) -> Callable[..., Report]:
-    """Run one in-process resync of every source with the counting embedder."""
+    """Run one in-process resync of every source with the counting embedder, opened as
+    `syncd resync` opens it: the store only once a plan has work, if it is sealed."""
 
     def run(settings: Settings, force: bool = False) -> Report:
         async def go() -> Report:
-            async with opened(settings, rebuild=force, embedder=embedder) as engine:
+            async with opened(
+                settings, rebuild=force, embedder=embedder, build_next=True, lazy=True
+            ) as engine:
                 return await engine.resync(force=force)
 
         return asyncio.run(go())

@@ -134,6 +134,38 @@ def test_store_held_by_another_process_exits_3(project):
     assert out.returncode == 3 and "in use by another syncd process" in out.stderr
 
 
+def test_noop_resync_leaves_the_store_closed_and_a_resync_with_work_writes(project):
+    """A resync with nothing to do reads the state and the files only: Qdrant Edge is not
+    even imported, and the shard's files stay as they were (loading it rewrites some).
+    One with work opens the store, and writes."""
+    assert syncd_cmd("resync", cwd=project).returncode == 0
+    shard = project / ".syncd" / "qdrant" / "syncd"
+
+    def files() -> dict[str, tuple[int, int]]:
+        return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in shard.rglob("*")}
+
+    before = files()
+    code = (
+        "import sys\nfrom syncd.cli import main\ncode = main(sys.argv[1:])\n"
+        "print(' '.join(sys.modules), file=sys.stderr)\nsys.exit(code)"
+    )
+    noop = subprocess.run(
+        [sys.executable, "-c", code, "resync"], cwd=project, capture_output=True, text=True
+    )
+    assert noop.returncode == 0, noop.stderr
+    assert noop.stdout.startswith("added 0, updated 0, deleted 0, unchanged 2")
+    loaded = {name.partition(".")[0] for name in noop.stderr.split()}
+    assert not loaded & {"qdrant_edge", "qdrant_client", "numpy", "onnxruntime", "httpx"}
+    assert files() == before
+
+    (project / "docs" / "tides.txt").write_text("Spring tides follow the full moon.\n")
+    out = syncd_cmd("resync", cwd=project)
+    assert out.returncode == 0 and out.stdout.startswith("added 0, updated 1"), out.stderr
+    assert files() != before
+    hits = json.loads(syncd_cmd("search", "spring tides", "--json", cwd=project).stdout)["hits"]
+    assert hits[0]["text"] == "Spring tides follow the full moon."
+
+
 def test_unknown_source_is_a_usage_error(project):
     out = syncd_cmd("resync", "--source", "nope", cwd=project)
     assert out.returncode == 2 and "nope" in out.stderr

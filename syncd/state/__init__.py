@@ -157,6 +157,20 @@ class State:
         return row[0] if row else None
 
     @_translated
+    def store_seal(self) -> str | None:
+        """What `seal_store` recorded: the store's files when they last held exactly the
+        points this state expects; None when the store has been opened since."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='store_seal'").fetchone()
+        return row[0] if row else None
+
+    @_translated
+    def seal_store(self, seal: str | None) -> None:
+        if seal is None:
+            self.db.execute("DELETE FROM meta WHERE key='store_seal'")
+        else:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('store_seal', ?)", (seal,))
+
+    @_translated
     def restore(self, pages: Iterable[list[StoredChunk]], model_id: str) -> tuple[int, int]:
         """Fill an empty state from the store's points, all or nothing; (documents, chunks).
 
