@@ -172,6 +172,7 @@ class Engine:
         self._record_listing(plan, report)
         async with self._batching(report) as batcher:
             await self._feed(plan, batcher, report)
+        await self._optimize(report)
         if not self.stopping.is_set():
             self.state.set_pending(plan.source, 0, synced=True)
         report.seconds = time.monotonic() - started
@@ -193,9 +194,15 @@ class Engine:
         report = Report()
         async with self._batching(report, written) as batcher:
             yield Feed(lambda plan: self._feed(plan, batcher, report), batcher.flush, report)
+        await self._optimize(report)
         self.state.set_pending(source, 0, synced=True)
         report.seconds = time.monotonic() - started
         log.info("reconcile_finished", source=source, **_counts(report))
+
+    async def _optimize(self, report: Report) -> None:
+        """Index what the pass wrote (see EdgeStore.optimize)."""
+        if report.added or report.updated or report.deleted:
+            await asyncio.to_thread(self.store.optimize)
 
     async def _feed(self, plan: Plan, batcher: Batcher[_Prepared], report: Report) -> None:
         """Delete, then read, chunk and hand every upsert of the plan to the batches."""

@@ -312,3 +312,21 @@ def test_unchanged_failed_document_is_retried_with_backoff_unless_asked(docs, se
     asked, doc = asyncio.run(run(True))  # a user's resync
     assert (asked.failed, doc.attempts) == (1, 2)
     assert [retry_delay(n) for n in (1, 2, 3, 10)] == [60, 120, 240, 3600]
+
+
+def test_a_pass_that_wrote_leaves_the_embedded_shard_indexed(corpus, settings, resync, monkeypatch):
+    """Edge indexes nothing unless asked: a pass that wrote asks, so searches scan quantized
+    segments rather than every vector at full precision."""
+    import qdrant_edge as qe
+
+    from syncd.store import edge
+
+    monkeypatch.setattr(edge, "INDEXING_THRESHOLD_KB", 1)  # a few points pass it
+    resync(settings)
+    shard = qe.EdgeShard.load(str(settings.qdrant.path / settings.qdrant.collection))
+    try:
+        assert shard.info().segments_count >= 2
+        assert shard.optimize() is False
+    finally:
+        shard.close()
+    assert_mirrors(settings)

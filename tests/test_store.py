@@ -225,3 +225,47 @@ def test_old_server_collection_is_upgraded_behind_an_alias():
     store.ensure(Identity("local:test", 8), rebuild=True)
     assert client.get_aliases().aliases == []
     assert store.chunk_counts("s") == {}
+
+
+def test_edge_quantizes_what_was_written_and_still_answers_like_an_exact_search(tmp_path):
+    """8,000 points of 384 dimensions pass Edge's indexing threshold: closing the store
+    leaves them in a quantized segment, and searches rescoring it return the exact top 10."""
+    import qdrant_edge as qe
+
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((8_000, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    config = QdrantConfig(path=tmp_path / "q", collection="c")
+    store = open_store(config, Identity("local:test", 384))
+    for start in range(0, len(vectors), 1_000):
+        store.upsert(
+            [
+                PointData(
+                    point_id("s", f"{i}.md", 0), vectors[i], {"source": "s", "path": f"{i}.md"}
+                )
+                for i in range(start, start + 1_000)
+            ]
+        )
+    store.close()
+
+    store = open_store(config, Identity("local:test", 384))
+    queries = rng.standard_normal((20, 384)).astype(np.float32)
+    found = [
+        [h.payload["path"] for h in store.search(SearchQuery("", q, "dense", 10))] for q in queries
+    ]
+    store.close()
+    shard = qe.EdgeShard.load(str(tmp_path / "q" / "c"))
+    try:
+        assert shard.info().segments_count >= 2  # the appendable one and a quantized one
+        assert shard.optimize() is False  # nothing was left unindexed
+        exact = qe.SearchParams(exact=True)
+        for q, paths in zip(queries, found, strict=True):
+            request = qe.QueryRequest(
+                query=qe.Query.Nearest(q.tolist(), using="dense"),
+                limit=10,
+                params=exact,
+                with_payload=True,
+            )
+            assert paths == [p.payload["path"] for p in shard.query(request)]
+    finally:
+        shard.close()

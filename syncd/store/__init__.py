@@ -284,6 +284,10 @@ class Store(Protocol):
 
     def delete_points(self, ids: list[str]) -> None: ...
 
+    def optimize(self) -> None:
+        """Index what the last writes added (Edge asks to be told; a server does it alone)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -425,6 +429,10 @@ class PendingStore:
     def delete_points(self, ids: list[str]) -> None:
         if self._store:
             self._store.delete_points(ids)
+
+    def optimize(self) -> None:
+        if self._store:
+            self._store.optimize()
 
     def close(self) -> None:
         if self._store:

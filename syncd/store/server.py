@@ -317,6 +317,9 @@ class ServerStore:
             if offset is None:
                 return
 
+    def optimize(self) -> None:
+        """Nothing: the server's optimizers index in the background."""
+
     def close(self) -> None:
         self._client.close()
 
