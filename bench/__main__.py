@@ -262,7 +262,10 @@ def table(r: dict) -> str:
             f"{q['entries_per_s']:.0f} vs {q.get('bare_entries_per_s', 0):.0f} entries/s; "
             f"XADD->searchable p50 {q['latency_p50']:.2f} s, p95 {q['latency_p95']:.2f} s",
             f"{q['ratio']:.2f}" if "ratio" in q else "",
-            f"{q['entries']:,} entries; target >= 0.9",
+            f"{q['entries']:,} entries; target >= 0.9"
+            + (
+                f"; daemon {q['daemon_cpu_seconds']:.1f} s CPU" if "daemon_cpu_seconds" in q else ""
+            ),
         )
     )
     if "scale" in r:

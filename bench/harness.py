@@ -164,6 +164,12 @@ def daemon(config: Path, port: int):
         proc.wait(timeout=30)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a running process has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def until(check, timeout: float, every: float = 0.01) -> float:
     """Seconds until `check()` holds."""
     started = time.perf_counter()

@@ -5,15 +5,16 @@ delivery is at-least-once. A malformed entry, or one whose text the embedder rej
 dead-lettered with its reason at once; one that failed otherwise stays pending, is
 reclaimed after `claim_idle_seconds`, and is dead-lettered after `max_deliveries`.
 
-While the embedder, Qdrant or Redis is down the current batch is retried and nothing new
-is read, so memory stays bounded by `batch` entries.
+Reads go on while requests are in flight, into the same embedding batches; a read waits
+while `max_concurrency` requests are out and one more is full, so memory stays bounded by
+a few batches. While the embedder, Qdrant or Redis is down the entries read and not yet
+acked are retried and nothing new is read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 from typing import TYPE_CHECKING
 
@@ -23,12 +24,13 @@ from syncd import metrics
 from syncd.config import RedisSource
 from syncd.daemon import MAX_BACKOFF_SECONDS, until_done
 from syncd.errors import BackendUnavailable
-from syncd.plan import queue_plan
+from syncd.plan import Upsert, queue_plan
 from syncd.sources.redis_stream import Entry, Parsed, RedisStream, entry_order, parse
 from syncd.state import QueuedText
 
 if TYPE_CHECKING:
     from syncd.daemon import Daemon
+    from syncd.engine import Feed
 
 log = structlog.get_logger()
 
@@ -57,7 +59,7 @@ async def consume(daemon: Daemon, source: RedisSource, stop: asyncio.Event) -> N
 
 async def _follow(daemon: Daemon, stream: RedisStream, stop: asyncio.Event) -> None:
     source = stream.source
-    observed = 0.0
+    batches = _Batches(daemon, stream, stop)
 
     def health(ok: bool) -> None:
         if ok:
@@ -65,53 +67,110 @@ async def _follow(daemon: Daemon, stream: RedisStream, stop: asyncio.Event) -> N
         else:
             daemon.consumers_down.add(source.name)
 
-    async def retried(work):
-        return await until_done(work, stop, health)
-
     while not stop.is_set():
-        if time.monotonic() - observed >= _OBSERVE_EVERY:
-            await _observe(stream)
-            observed = time.monotonic()
-        entries = await retried(lambda: stream.read(block_ms=1000))
-        if entries and not await _apply(daemon, stream, entries, retried):
+        await batches.observe()
+        entries = await until_done(lambda: stream.read(block_ms=1000), stop, health)
+        if not entries:
+            continue
+        batches.unacked.update((e.id, e) for e in entries)
+        if await until_done(batches.run, stop, health) is None:
             return  # stopped mid-outage: the entries stay pending for the next run
 
 
-async def _apply(daemon: Daemon, stream: RedisStream, entries: list[Entry], retried) -> bool:
-    """Apply one read's entries, acknowledge or dead-letter each; False if stopped first."""
-    source, state = stream.source, daemon.engine.state
-    good = []
-    for entry in entries:
-        try:
-            good.append(parse(entry))
-        except ValueError as e:
-            await retried(functools.partial(stream.dead_letter, entry, f"malformed: {e}"))
-    applied = state.queued(source.name, {p.doc_id for p in good})
-    winners, done = latest_per_document(good, {d: q.entry_id for d, q in applied.items()})
-    upserts = {
-        d: QueuedText(p.entry.id, p.text, p.metadata)
-        for d, p in winners.items()
-        if p.text is not None
-    }
-    deletes = {d: p.entry.id for d, p in winners.items() if p.text is None}
+class _Batches:
+    """Reads applied one after another through the same embedding batches, so requests
+    stay full and `max_concurrency` of them in flight across read boundaries (one read at
+    a time left the API idle between reads and cut its last request short).
 
-    async def apply():
-        async with daemon.busy:
-            return await daemon.engine.apply(queue_plan(state, source.name, upserts, deletes))
+    An entry is acked once its document is written (or deleted, or found unchanged); a
+    read that touches a document still in flight waits for it first, so the latest entry
+    lands last. After an outage every entry not acked yet is applied again: those already
+    written come out unchanged.
+    """
 
-    report = await retried(apply)
-    if report is None:
-        return False
-    failed = {f.path: f for f in report.failures}
-    done += [p.entry for d, p in winners.items() if d not in failed]
-    await retried(functools.partial(stream.ack, done))
-    for doc_id, failure in failed.items():
-        entry = winners[doc_id].entry
-        # A rejected text would be rejected again: no use waiting for redeliveries.
-        if failure.rejected or entry.deliveries >= source.max_deliveries:
-            await retried(functools.partial(stream.dead_letter, entry, failure.reason))
-        # Otherwise it stays pending and is reclaimed after claim_idle_seconds.
-    return True
+    def __init__(self, daemon: Daemon, stream: RedisStream, stop: asyncio.Event) -> None:
+        self.daemon, self.stream, self.stop = daemon, stream, stop
+        self.source = stream.source
+        #: Entry id → every entry read and neither acked nor dead-lettered nor left pending.
+        self.unacked: dict[str, Entry] = {}
+        #: Document → the entry of its upsert in flight.
+        self.writing: dict[str, Entry] = {}
+        self.written: list[Entry] = []
+        self.observed = 0.0
+
+    async def run(self) -> bool:
+        """Apply the unacked entries and whatever the stream holds beyond them, until it
+        is caught up or a rescan, hint or /resync waits for the engine; then flush."""
+        self.writing.clear()
+        self.written.clear()
+        entries = list(self.unacked.values())
+        busy, engine = self.daemon.busy, self.daemon.engine
+        async with busy, engine.stream(self.source.name, self._on_written) as feed:
+            while entries:
+                await self._apply(feed, entries)
+                if self.stop.is_set() or busy.waiting:
+                    break
+                await self.observe()
+                entries = await self.stream.read(block_ms=None, reclaim=False)
+                self.unacked.update((e.id, e) for e in entries)
+            await feed.flush()
+            await self._settle(feed)
+        return True
+
+    async def observe(self) -> None:
+        if time.monotonic() - self.observed >= _OBSERVE_EVERY:
+            await _observe(self.stream)
+            self.observed = time.monotonic()
+
+    def _on_written(self, upserts: list[Upsert]) -> None:
+        self.written += [self.writing.pop(u.path) for u in upserts if u.path in self.writing]
+
+    async def _apply(self, feed: Feed, entries: list[Entry]) -> None:
+        good = []
+        for entry in entries:
+            try:
+                good.append(parse(entry))
+            except ValueError as e:
+                await self.stream.dead_letter(entry, f"malformed: {e}")
+                del self.unacked[entry.id]
+        if any(p.doc_id in self.writing for p in good):
+            await feed.flush()
+        await self._settle(feed)
+        state, name = self.daemon.engine.state, self.source.name
+        applied = state.queued(name, {p.doc_id for p in good})
+        winners, done = latest_per_document(good, {d: q.entry_id for d, q in applied.items()})
+        upserts = {
+            d: QueuedText(p.entry.id, p.text, p.metadata)
+            for d, p in winners.items()
+            if p.text is not None
+        }
+        deletes = {d: p.entry.id for d, p in winners.items() if p.text is None}
+        plan = queue_plan(state, name, upserts, deletes)
+        writing = {u.path for u in plan.upserts}
+        self.writing.update((d, p.entry) for d, p in winners.items() if d in writing)
+        await feed.apply(plan)
+        # Superseded entries go at once: the newer entry of their document is still pending.
+        await self._ack(done + [p.entry for d, p in winners.items() if d not in writing])
+
+    async def _settle(self, feed: Feed) -> None:
+        """Ack what is written; dead-letter what failed for good, leave the rest pending."""
+        failures, feed.report.failures = feed.report.failures, []
+        for failure in failures:
+            entry = self.writing.pop(failure.path, None)
+            if entry is None:
+                continue
+            # A rejected text would be rejected again: no use waiting for redeliveries.
+            if failure.rejected or entry.deliveries >= self.source.max_deliveries:
+                await self.stream.dead_letter(entry, failure.reason)
+            # Otherwise it stays pending and is reclaimed after claim_idle_seconds.
+            del self.unacked[entry.id]
+        written, self.written = self.written, []
+        await self._ack(written)
+
+    async def _ack(self, entries: list[Entry]) -> None:
+        await self.stream.ack(entries)
+        for e in entries:
+            self.unacked.pop(e.id, None)
 
 
 async def _observe(stream: RedisStream) -> None:

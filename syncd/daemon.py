@@ -94,6 +94,28 @@ async def until_done(
     return None
 
 
+class EngineLock:
+    """An asyncio.Lock that counts who waits for it, so a holder that could go on for long
+    (a queue source's batches while its stream stays busy) can give way."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self.waiting = 0
+
+    async def __aenter__(self) -> None:
+        self.waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self.waiting -= 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+
 class Daemon:
     """Also the service the HTTP server talks to (`syncd.http.Service`)."""
 
@@ -113,7 +135,7 @@ class Daemon:
         self.unavailable: dict[str, str] = {}
         # The engine applies one plan at a time: rescans, hints, queue batches, /resync,
         # and pages of a new embedder's index.
-        self.busy = asyncio.Lock()
+        self.busy = EngineLock()
         #: When the next page of a new embedder's index may be built, after a failure.
         self.next_build = 0.0
         self.build_backoff = 1.0

@@ -68,6 +68,18 @@ log = structlog.get_logger()
 
 # Documents read and extracted at once (threads; kreuzberg and file reads release the GIL).
 EXTRACT_CONCURRENCY = 4
+# A queue text this short is chunked in less time than a hop to a thread costs (py-spy:
+# the hops were a tenth of a stream of 30-word entries).
+INLINE_CHUNK_CHARS = 4_000
+
+
+@dataclass(frozen=True)
+class Feed:
+    """What `Engine.stream` hands out: apply a plan into the shared batches, flush them."""
+
+    apply: Callable[[Plan], Awaitable[None]]
+    flush: Callable[[], Awaitable[None]]
+    report: Report
 
 
 @dataclass
@@ -172,6 +184,48 @@ class Engine:
         started = time.monotonic()
         if plan.size:
             await self.open()
+        report = Report()
+        self._record_listing(plan, report)
+        if plan.upserts:
+            async with self._batching(report) as batcher:
+                await self._feed(plan, batcher, report)
+        else:  # the embedder may not be open: nothing to embed
+            await self._feed(plan, None, report)
+        await self._optimize(report)
+        if not self.stopping.is_set():
+            self.state.set_pending(plan.source, 0, synced=True)
+        report.seconds = time.monotonic() - started
+        log.info("reconcile_finished", source=plan.source, **_counts(report))
+        return report
+
+    @asynccontextmanager
+    async def stream(
+        self, source: str, written: Callable[[list[Upsert]], None]
+    ) -> AsyncIterator[Feed]:
+        """Plans applied one after another through the same embedding batches (a queue's
+        reads), so requests stay full and in flight from one plan to the next.
+
+        `written` hears of upserts once their state is recorded; failures gather in
+        `feed.report.failures`. A plan must not hold a document an earlier one still has
+        in flight (`feed.flush()` first), or the older text could land last.
+        """
+        started = time.monotonic()
+        await self.open()
+        report = Report()
+        async with self._batching(report, written) as batcher:
+            yield Feed(lambda plan: self._feed(plan, batcher, report), batcher.flush, report)
+        await self._optimize(report)
+        self.state.set_pending(source, 0, synced=True)
+        report.seconds = time.monotonic() - started
+        log.info("reconcile_finished", source=source, **_counts(report))
+
+    async def _optimize(self, report: Report) -> None:
+        """Index what the pass wrote (see EdgeStore.optimize)."""
+        if report.added or report.updated or report.deleted:
+            await asyncio.to_thread(self.store.optimize)
+
+    async def _feed(self, plan: Plan, batcher: Batcher[_Prepared] | None, report: Report) -> None:
+        """Delete, then read, chunk and hand every upsert of the plan to the batches."""
         self.state.set_pending(plan.source, plan.size)
         self.progress.documents_total += plan.size
         log.info(
@@ -181,28 +235,17 @@ class Engine:
             delete=len(plan.deletes),
             unchanged=plan.unchanged,
         )
-        report = Report(unchanged=plan.unchanged)
-        self._record_listing(plan, report)
+        report.unchanged += plan.unchanged
         self._delete(plan.deletes, report)
-        if plan.upserts:  # else the embedder may not be open: nothing to embed
-            async with self._batching(report) as batcher:
-                for done in range(0, len(plan.upserts), EXTRACT_CONCURRENCY):
-                    if self.stopping.is_set():
-                        self.state.set_pending(plan.source, len(plan.upserts) - done)
-                        break
-                    window = plan.upserts[done : done + EXTRACT_CONCURRENCY]
-                    prepared = await asyncio.gather(
-                        *(self._prepare(u, plan.force, report) for u in window)
-                    )
-                    ready = [(p, p.chunks) for p in prepared if p is not None]
-                    await batcher.add(ready, use_cache=not plan.force)
-        if report.added or report.updated or report.deleted:
-            await asyncio.to_thread(self.store.optimize)
-        if not self.stopping.is_set():
-            self.state.set_pending(plan.source, 0, synced=True)
-        report.seconds = time.monotonic() - started
-        log.info("reconcile_finished", source=plan.source, **_counts(report))
-        return report
+        for done in range(0, len(plan.upserts), EXTRACT_CONCURRENCY):
+            if self.stopping.is_set():
+                self.state.set_pending(plan.source, len(plan.upserts) - done)
+                break
+            assert batcher is not None  # there are upserts
+            window = plan.upserts[done : done + EXTRACT_CONCURRENCY]
+            prepared = await asyncio.gather(*(self._prepare(u, plan.force, report) for u in window))
+            ready = [(p, p.chunks) for p in prepared if p is not None]
+            await batcher.add(ready, use_cache=not plan.force)
 
     async def search(self, query: SearchQuery) -> list[Hit]:
         """Embeds the query's text as a query (not for keyword search), then asks the store."""
@@ -332,7 +375,10 @@ class Engine:
             title=title if isinstance(title, str) else None,
             metadata=q.metadata,
         )
-        chunks = await asyncio.to_thread(self._chunk, doc)
+        if len(q.text) <= INLINE_CHUNK_CHARS:
+            chunks = self._chunk(doc)
+        else:
+            chunks = await asyncio.to_thread(self._chunk, doc)
         return _Prepared(u, text_hash(q.text), doc, chunks)
 
     async def _prepare_file(self, u: Upsert, force: bool, report: Report) -> _Prepared | None:
@@ -417,15 +463,17 @@ class Engine:
     # -- embedding and writing ------------------------------------------------------------
 
     @asynccontextmanager
-    async def _batching(self, report: Report) -> AsyncIterator[Batcher[_Prepared]]:
-        """Embedding batches shared by every document of one plan; flushed at the end,
-        abandoned (requests cancelled) if applying fails."""
+    async def _batching(
+        self, report: Report, written: Callable[[list[Upsert]], None] = lambda upserts: None
+    ) -> AsyncIterator[Batcher[_Prepared]]:
+        """Embedding batches shared by every document of one plan (or a stream of them);
+        flushed at the end, abandoned (requests cancelled) if applying fails."""
         batcher: Batcher[_Prepared] = Batcher(
             self.embedder,
             self.settings.embedder.batch_size,
             self.settings.embedder.max_concurrency,
             self.state,
-            on_ready=lambda ready, vectors: self._write(ready, vectors, report),
+            on_ready=lambda ready, vectors: self._write(ready, vectors, report, written),
             on_rejected=lambda p, reason: self._problem(
                 p.change, "failed", reason, report, rejected=True
             ),
@@ -443,6 +491,7 @@ class Engine:
         ready: list[tuple[_Prepared, list[Chunk]]],
         vectors: dict[str, np.ndarray],
         report: Report,
+        written: Callable[[list[Upsert]], None],
     ) -> None:
         """Points first (idempotent), surplus points next, the state last.
 
@@ -466,6 +515,7 @@ class Engine:
         report.added += sum(p.change.known is None for p in docs)
         report.updated += sum(p.change.known is not None for p in docs)
         self.progress.advance(documents=len(docs))
+        written([p.change for p in docs])
         # Here, not at the top: prometheus_client is ~50 ms a no-op `resync` need not pay.
         from syncd import metrics
 

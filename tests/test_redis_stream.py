@@ -15,6 +15,7 @@ from daemon_process import Daemon, get, wait_until
 
 from syncd.chunking import chunk_text
 from syncd.config import load_config
+from syncd.state import open_state
 from syncd.store import point_id
 
 STREAM = "syncd:docs"
@@ -302,3 +303,97 @@ def test_hostile_entries_are_dead_lettered_and_the_consumer_goes_on(queue, redis
         queue,
         {"ok1": ("An ordinary document.", {}), "ok2": ("Written after the hostile ones.", {})},
     )
+
+
+def api_queue(redis_server, make_daemon, fake_embed, batch: int, *also: dict) -> Daemon:
+    """A queue source read `batch` entries at a time (and the sources `also`), embedded
+    by the fake API."""
+    source = {
+        "name": "cms",
+        "type": "redis",
+        "url": redis_server.url,
+        "stream": STREAM,
+        "claim_idle_seconds": 1,
+        "batch": batch,
+    }
+    embedder = {
+        "provider": "ai21",
+        "model": "m",
+        "base_url": fake_embed.url,
+        "api_key": "test-key",
+        "requests_per_minute": 60_000,
+        "batch_size": 200,
+        "max_concurrency": 2,
+    }
+    return make_daemon(sources=[source, *also], embedder=embedder)
+
+
+def test_reads_of_40_entries_fill_requests_of_200_texts(redis_server, make_daemon, fake_embed):
+    queue = api_queue(redis_server, make_daemon, fake_embed, batch=40)
+    client = redis_server.client()
+    publish(
+        client, [{"op": "upsert", "id": f"d{i}", "text": f"Note number {i}."} for i in range(600)]
+    )
+    queue.start().wait_ready()
+    wait_until(lambda: drained(queue), 120, "drained")
+    assert queue.stop() == 0
+    sizes = [len(r.body["texts"]) for r in fake_embed.ok() if r.body["type"] == "segment"]
+    assert sum(sizes) == 600
+    assert sizes == [200, 200, 200]  # one read at a time sent 15 requests of 40
+
+
+def test_kill_9_leaves_no_acked_entry_whose_document_is_not_written(
+    redis_server, make_daemon, fake_embed
+):
+    fake_embed.latency = 0.2  # requests stay in flight while later reads come in
+    queue = api_queue(redis_server, make_daemon, fake_embed, batch=50)
+    client = redis_server.client()
+    ops = [{"op": "upsert", "id": f"d{i}", "text": f"Note number {i}."} for i in range(2000)]
+    publish(client, ops)
+    queue.start()
+
+    def acked() -> set[str]:
+        groups = client.xinfo_groups(STREAM)
+        if not groups:
+            return set()
+        delivered = client.xrange(STREAM, "-", groups[0]["last-delivered-id"])
+        pending = client.xpending_range(STREAM, "syncd", "-", "+", 10_000)
+        unacked = {p["message_id"] for p in pending}
+        return {fields["id"] for entry_id, fields in delivered if entry_id not in unacked}
+
+    wait_until(lambda: bool(acked()), 60, "first acks")
+    queue.stop(signal.SIGKILL)
+    done = acked()
+    assert 0 < len(done) < len(ops)
+    settings = load_config(queue.config)
+    state, _ = open_state(settings.state.path)
+    try:
+        recorded = state.documents("cms")
+    finally:
+        state.close()
+    stored = {p["path"] for p in points(settings).values()}
+    assert done <= stored and done <= {p for p, d in recorded.items() if d.status == "done"}
+    queue.start().wait_ready(timeout=60)
+    wait_until(lambda: drained(queue), 120, "drained after the kill")
+    assert queue.stop() == 0
+    assert_store_is(queue, {op["id"]: (op["text"], {}) for op in ops})
+
+
+def test_a_busy_stream_gives_way_to_a_folder_change(redis_server, make_daemon, fake_embed, docs):
+    fake_embed.latency = 0.2  # 4,000 entries keep the stream busy for 2 s at least
+    folder = {"name": "docs", "path": "./docs"}
+    queue = api_queue(redis_server, make_daemon, fake_embed, 50, folder)
+    client = redis_server.client()
+    publish(client, [{"op": "upsert", "id": f"d{i}", "text": f"Note {i}."} for i in range(4000)])
+    queue.start().wait_ready()
+    wait_until(lambda: stream_status(queue)["stream"]["pending"] > 0, 60, "stream busy")
+    (docs / "note.md").write_text("A note about penguins on sea ice.\n")
+
+    def note_synced() -> bool:
+        _, body = get(queue.url("/search?q=penguins&mode=keyword&limit=1"))
+        return '"note.md"' in body
+
+    wait_until(note_synced, 60, "note synced")
+    assert not drained(queue)  # the folder change did not wait for the stream to catch up
+    wait_until(lambda: drained(queue), 120, "drained")
+    assert queue.stop() == 0

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 Doc = TypeVar("Doc")
-# Complete documents are released at least this often, so memory stays bounded even
-# when nothing needs embedding (a rename of a whole tree).
+# Complete documents are released at least every this many new documents, so memory
+# stays bounded even when nothing needs embedding (a rename of a whole tree).
 _RELEASE_EVERY = 512
 # Writes waiting behind the one in progress: enough to keep requests going while Qdrant
 # catches up, few enough to bound the vectors held for them.
@@ -72,6 +72,9 @@ class Batcher(Generic[Doc]):
         self._sent: set[str] = set()
         self._rejected: dict[str, str] = {}
         self._waiting: list[tuple[Doc, list[Chunk]]] = []
+        # Not "whenever 512 wait": with requests in flight as many may wait for vectors,
+        # and scanning them all at every `add` cost more than the rest of a queue's work.
+        self._release_at = _RELEASE_EVERY
         self._inflight: dict[asyncio.Task, list[str]] = {}
         self._writes: deque[asyncio.Future[None]] = deque()
 
@@ -89,7 +92,7 @@ class Batcher(Generic[Doc]):
         self._waiting += docs
         while len(self._unsent) >= self.batch_size:
             await self._send()
-        if len(self._waiting) >= _RELEASE_EVERY:
+        if len(self._waiting) >= self._release_at:
             await self._release()
 
     async def flush(self) -> None:
@@ -115,6 +118,7 @@ class Batcher(Generic[Doc]):
         self._sent.clear()
         self._rejected.clear()
         self._waiting.clear()
+        self._release_at = _RELEASE_EVERY
 
     async def _send(self) -> None:
         # One request more than may be in flight waits at the embedder's own gate, sent the
@@ -186,6 +190,7 @@ class Batcher(Generic[Doc]):
             else:
                 still.append((doc, chunks))
         self._waiting = still
+        self._release_at = len(still) + _RELEASE_EVERY
         # Finished writes are collected here, so a failed one stops the batcher at once.
         while self._writes and (self._writes[0].done() or len(self._writes) > _WRITES_QUEUED):
             await self._writes.popleft()

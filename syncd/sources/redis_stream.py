@@ -132,11 +132,13 @@ class RedisStream:
     async def close(self) -> None:
         await self._redis.aclose()
 
-    async def read(self, block_ms: int) -> list[Entry]:
-        """Reclaimed entries first (stale pending ones), else new ones; at most `batch`."""
+    async def read(self, block_ms: int | None, reclaim: bool = True) -> list[Entry]:
+        """Reclaimed entries first (stale pending ones), else new ones; at most `batch`.
+        Waits up to `block_ms` for new ones (None: not at all). Without `reclaim` only new
+        ones: entries this consumer still holds would otherwise come back while in flight."""
         async with _translated(self):
             await self._ensure_group()
-            entries = await self._reclaim()
+            entries = await self._reclaim() if reclaim else []
             if entries:
                 return entries
             reply = await self._redis.xreadgroup(
