@@ -284,6 +284,10 @@ def _load(folded: bool) -> tuple[Any, Any]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
     options.inter_op_num_threads = 1
+    # Between operators onnxruntime's threads spin, waiting for work. On a machine shared
+    # with other work (what a daemon does) they burn the CPU the other thread needs:
+    # blocking instead, 2 threads on 2 busy cores embedded 1.1x as fast for 0.65x the CPU.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # The arena keeps the largest micro-batch's activations for the life of the process;
     # plain malloc returns them, at no measurable cost in throughput.
     options.enable_cpu_mem_arena = False
