@@ -26,8 +26,10 @@ COPY docker/config.yaml /etc/syncd/config.yaml
 # Reachable from other containers, so /search and /resync want a bearer token: the image's
 # config reads it from the secret /run/secrets/syncd-token (`syncd run` refuses to listen
 # on 0.0.0.0 without one).
+# XDG_CACHE_HOME: the local model's rewritten graph, cached in the volume for the next start.
 ENV PATH=/opt/syncd/bin:$PATH \
-    SYNCD_SERVER__LISTEN=0.0.0.0:9187
+    SYNCD_SERVER__LISTEN=0.0.0.0:9187 \
+    XDG_CACHE_HOME=/var/lib/syncd/.cache
 # Numeric, so the host and Kubernetes' runAsNonRoot can tell it is not root.
 USER 10001:10001
 WORKDIR /var/lib/syncd

@@ -95,9 +95,12 @@ def main() -> None:
             # Saved after every scenario: a failure late in a long run keeps the rest.
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
-    plot(results, args.out / "results.png")
-    print(f"\nwrote {args.out / 'results.json'} and {args.out / 'results.png'}")
+    try:
+        print(table(results))
+        plot(results, args.out / "results.png")
+    except KeyError as e:  # `--only` into an --out that lacks the other scenarios
+        print(f"no table or plot: scenario {e} has not run into {args.out}")
+    print(f"\nwrote {args.out / 'results.json'}")
 
 
 def search_rows(r: dict) -> list[tuple[str, str, str, str]]:

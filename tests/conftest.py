@@ -19,6 +19,17 @@ from syncd.engine import opened
 from syncd.report import Report
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The local model's graph cache, for this process and the syncd processes it starts:
+    never the ~/.cache of whoever runs the suite."""
+    import os
+
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["XDG_CACHE_HOME"] = str(path)
+    return path
+
+
 class CountingEmbedder:
     """The real local model, counting the texts it is asked to embed."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,28 @@ def test_a_state_in_use_is_never_rebuilt(docs, settings, resync, embedder):
     with capture_logs() as logs:
         resync(settings)
     assert not [e for e in logs if e["event"] == "state_rebuilt"]
+
+
+def test_cached_vectors_survive_the_move_to_tables_with_a_rowid(tmp_path):
+    import numpy as np
+
+    from syncd.state.schema import MIGRATIONS
+
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for script in MIGRATIONS[:5]:  # a state written before the move
+        for statement in script.split(";"):
+            if statement.strip():
+                db.execute(statement)
+    db.execute("PRAGMA user_version=5")
+    vector = np.arange(4, dtype=np.float32)
+    db.execute("INSERT INTO vectors VALUES ('a', ?, 12.5)", (vector.tobytes(),))
+    db.execute("INSERT INTO next_vectors VALUES ('b', ?)", ((vector + 1).tobytes(),))
+    db.close()
+    state = State(path)
+    assert state.vectors(["a"])["a"].tolist() == [0, 1, 2, 3]
+    assert state.next_vectors(["b"])["b"].tolist() == [1, 2, 3, 4]
+    assert state.db.execute("SELECT last_used FROM vectors").fetchall() == [(12.5,)]
+    tables = dict(state.db.execute("SELECT name, sql FROM sqlite_master WHERE type='table'"))
+    assert "WITHOUT ROWID" not in tables["vectors"] + tables["next_vectors"]
+    state.close()

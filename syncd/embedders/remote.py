@@ -65,7 +65,8 @@ class RemoteEmbedder:
         self.base_url = (config.base_url or self.default_base_url).rstrip("/")
         self._client = httpx.AsyncClient(
             timeout=config.timeout_seconds,
-            headers={"Authorization": f"Bearer {key}"} if key else {},
+            headers={"Content-Type": "application/json"}
+            | ({"Authorization": f"Bearer {key}"} if key else {}),
             # Loading the CA bundle is ~0.1 s of every command's start-up; a plain-http API
             # (TEI, vLLM, Ollama on the host) has no certificate to check.
             verify=self.base_url.startswith("https://"),
@@ -133,8 +134,9 @@ class RemoteEmbedder:
                 metrics.embed_ratelimit_wait_seconds.inc(time.monotonic() - queued)
                 started = time.monotonic()
                 try:
+                    # orjson, as for the answer: 8 times faster than httpx's json.dumps.
                     response = await self._client.post(
-                        f"{self.base_url}{self.path}", json=self.body(texts, kind)
+                        f"{self.base_url}{self.path}", content=orjson.dumps(self.body(texts, kind))
                     )
                 except httpx.TransportError as e:  # connection errors and timeouts
                     metrics.embed_requests.labels("error").inc()
