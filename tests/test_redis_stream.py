@@ -21,17 +21,21 @@ from syncd.store import point_id
 STREAM = "syncd:docs"
 
 
-@pytest.fixture
-def queue(redis_server, make_daemon) -> Daemon:
-    source = {
+def stream_source(redis_server, batch: int) -> dict:
+    """The queue source of these tests, read `batch` entries at a time."""
+    return {
         "name": "cms",
         "type": "redis",
         "url": redis_server.url,
         "stream": STREAM,
         "claim_idle_seconds": 1,
-        "batch": 200,
+        "batch": batch,
     }
-    return make_daemon(sources=[source])
+
+
+@pytest.fixture
+def queue(redis_server, make_daemon) -> Daemon:
+    return make_daemon(sources=[stream_source(redis_server, 200)])
 
 
 def stream_status(daemon: Daemon) -> dict:
@@ -308,14 +312,6 @@ def test_hostile_entries_are_dead_lettered_and_the_consumer_goes_on(queue, redis
 def api_queue(redis_server, make_daemon, fake_embed, batch: int, *also: dict) -> Daemon:
     """A queue source read `batch` entries at a time (and the sources `also`), embedded
     by the fake API."""
-    source = {
-        "name": "cms",
-        "type": "redis",
-        "url": redis_server.url,
-        "stream": STREAM,
-        "claim_idle_seconds": 1,
-        "batch": batch,
-    }
     embedder = {
         "provider": "ai21",
         "model": "m",
@@ -325,7 +321,7 @@ def api_queue(redis_server, make_daemon, fake_embed, batch: int, *also: dict) ->
         "batch_size": 200,
         "max_concurrency": 2,
     }
-    return make_daemon(sources=[source, *also], embedder=embedder)
+    return make_daemon(sources=[stream_source(redis_server, batch), *also], embedder=embedder)
 
 
 def test_reads_of_40_entries_fill_requests_of_200_texts(redis_server, make_daemon, fake_embed):
