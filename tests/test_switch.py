@@ -198,24 +198,31 @@ def syncd(daemon, *args: str) -> dict:
     return json.loads(out.stdout)
 
 
-def run_switch(make_daemon, docs: Path, fake_embed, **sections):
-    """`syncd run` with an embedder_next, queried continuously over /search and watched
-    with `syncd status` and `syncd search` until the switch is done; stopped after."""
-    from daemon_process import get, wait_until
-
+def switching_daemon(make_daemon, docs: Path, fake_embed, files: int, rpm: int, **sections):
+    """`syncd run`, ready, over `files` documents of 3 chunks, with an embedder_next that
+    takes 8 texts a request, one request at a time, `rpm` requests a minute."""
     fake_embed.dimensions[NEXT_MODEL] = NEXT_DIMENSION
-    write_docs(docs, 80)
-    # 240 chunks, 8 a request, one request a second: the build takes some 30 seconds, and
-    # 22 of them are past the first page, for `syncd status` to see.
+    write_docs(docs, files)
     daemon = make_daemon(
         chunking={"max_chars": 200, "overlap_chars": 0},
         embedder_next=next_section(
-            fake_embed, batch_size=8, max_concurrency=1, requests_per_minute=60
+            fake_embed, batch_size=8, max_concurrency=1, requests_per_minute=rpm
         ),
         log={"format": "json", "level": "warning"},
         **sections,
     ).start()
     daemon.wait_ready()
+    return daemon
+
+
+def run_switch(make_daemon, docs: Path, fake_embed, **sections):
+    """`syncd run` with an embedder_next, queried continuously over /search and watched
+    with `syncd status` and `syncd search` until the switch is done; stopped after."""
+    from daemon_process import get, wait_until
+
+    # 240 chunks, 8 a request, one request a second: the build takes some 30 seconds, and
+    # 22 of them are past the first page, for `syncd status` to see.
+    daemon = switching_daemon(make_daemon, docs, fake_embed, 80, 60, **sections)
     answers: list[tuple[int, int]] = []
     done = threading.Event()
 
@@ -365,16 +372,7 @@ def test_run_killed_during_the_build_resumes_it_without_embedding_twice(
 ):
     from daemon_process import wait_until
 
-    fake_embed.dimensions[NEXT_MODEL] = NEXT_DIMENSION
-    write_docs(docs, 60)
-    daemon = make_daemon(
-        chunking={"max_chars": 200, "overlap_chars": 0},
-        embedder_next=next_section(
-            fake_embed, batch_size=8, max_concurrency=1, requests_per_minute=120
-        ),
-        log={"format": "json", "level": "warning"},
-    ).start()
-    daemon.wait_ready()
+    daemon = switching_daemon(make_daemon, docs, fake_embed, 60, 120)
 
     def progress() -> dict | None:
         return syncd(daemon, "status")["embedder_switch"]
