@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import msgspec
+
 from syncd.errors import ConfigError, StoreMismatch
 
 if TYPE_CHECKING:  # annotations only: the CLI imports this module to parse its arguments
@@ -310,8 +312,8 @@ def next_index(config: QdrantConfig, model_id: str) -> QdrantConfig:
     """
     if config.url:
         slug = re.sub(r"[^A-Za-z0-9_-]+", "-", model_id).strip("-")
-        return config.model_copy(update={"collection": f"{config.collection}-{slug}"})
-    return config.model_copy(update={"collection": f"{config.collection}.next"})
+        return msgspec.structs.replace(config, collection=f"{config.collection}-{slug}")
+    return msgspec.structs.replace(config, collection=f"{config.collection}.next")
 
 
 def promote(config: QdrantConfig, built: QdrantConfig) -> None:
