@@ -33,7 +33,7 @@ import unicodedata
 import zlib
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,7 +86,14 @@ def chunk_text(
     chunks: list[Chunk] = []
     pages = text.split("\f") if paged else [text]
     for number, page in enumerate(pages, start=1):
-        for body in _Page(page, markdown, radius).chunks(max_chars, overlap):
+        if len(page) <= max_chars and not (markdown and "#" in page):
+            # One chunk, the page itself: no boundary can be an anchor this near both ends,
+            # and only a heading would start a segment. Most queue entries are this short.
+            whole = page[_skip_space(page, 0) :].rstrip()
+            bodies: Iterable[str] = [whole] if whole else []
+        else:
+            bodies = _Page(page, markdown, radius).chunks(max_chars, overlap)
+        for body in bodies:
             chunks.append(Chunk(body, chunk_hash(body), number if paged else None))
     return chunks
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from syncd.chunking import chunk_text
+from syncd.chunking import DEFAULT_CUTTING, _Page, chunk_text
 
 WORDS = [
     "river",
@@ -200,3 +200,13 @@ def test_any_text_gives_bounded_nonempty_chunks_on_their_own_page(
     without_overlap = chunk_text(body, max_chars, 0, markdown, paged)
     assert "".join(squeeze(c.text) for c in without_overlap) == squeeze(body)
     assert {ch for c in chunks for ch in c.text} >= set(squeeze(body))
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=TEXT, max_chars=st.sampled_from([100, 137, 1000]), markdown=st.booleans())
+def test_a_page_that_fits_is_chunked_as_the_general_path_would(body, max_chars, markdown):
+    """The shortcut for a page of at most `max_chars` (most queue entries) changes nothing."""
+    page = body.replace("\r\n", "\n").replace("\f", " ")[:max_chars]
+    radius = round(DEFAULT_CUTTING.anchor_radius * max_chars)
+    general = list(_Page(page, markdown, radius).chunks(max_chars, max_chars // 10))
+    assert [c.text for c in chunk_text(page, max_chars, max_chars // 10, markdown)] == general
