@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import qdrant_edge as qe
 
 from bench.corpus import document
 from bench.harness import percentile
@@ -184,10 +185,9 @@ def search_latency(work: Path, chunks: int, queries: int = 200) -> dict[str, Any
     return results
 
 
-def bm25_cost(work: Path, chunks: int) -> dict[str, Any]:
-    """What BM25 adds: CPU per chunk (set against the pipeline's own chunks/s in the table)
-    and bytes on disk (the same points in Edge with the dense vector alone, and with both)."""
-    import qdrant_edge as qe
+def bm25_cost(work: Path, chunks: int, files: int, rounds: int) -> dict[str, Any]:
+    """What BM25 adds: CPU per chunk, bytes on disk (the same points in Edge with the dense
+    vector alone, and with both), and the pipeline's throughput with and without it."""
 
     texts = [c.text for i in range(chunks) for c in chunk_text(document(i), 1000, 100)][:chunks]
     t0 = time.perf_counter()
@@ -220,6 +220,32 @@ def bm25_cost(work: Path, chunks: int) -> dict[str, Any]:
         "bm25_ms_per_chunk": bm25_ms,
         "store_bytes": sizes,
         "store_growth": sizes["dense_and_bm25"] / sizes["dense_only"] - 1,
+        **bm25_throughput(work, files, rounds),
+    }
+
+
+def bm25_throughput(work: Path, files: int, rounds: int) -> dict[str, Any]:
+    """The pipeline (fake API at 0 ms) with BM25 and with an empty sparse vector instead,
+    alternated `rounds` times: what BM25 costs the first sync's chunks/s."""
+    import syncd.store
+    from bench.scenarios import pipeline_overhead
+
+    real, empty = syncd.store.bm25_document, qe.SparseVector(indices=[], values=[])
+    runs: dict[str, list[float]] = {"with": [], "without": []}
+    try:
+        for i in range(rounds):
+            for name in runs:
+                syncd.store.bm25_document = real if name == "with" else (lambda text: empty)
+                out = pipeline_overhead(work / f"{name}-{i}", files)
+                runs[name].append(out["syncd_chunks_per_s"])
+    finally:
+        syncd.store.bm25_document = real
+    with_, without = statistics.median(runs["with"]), statistics.median(runs["without"])
+    return {
+        "pipeline_chunks_per_s": runs,
+        "with_bm25_chunks_per_s": with_,
+        "without_bm25_chunks_per_s": without,
+        "throughput_cost": 1 - with_ / without,
     }
 
 
