@@ -227,19 +227,19 @@ def bm25_cost(work: Path, chunks: int, files: int, rounds: int) -> dict[str, Any
 def bm25_throughput(work: Path, files: int, rounds: int) -> dict[str, Any]:
     """The pipeline (fake API at 0 ms) with BM25 and with an empty sparse vector instead,
     alternated `rounds` times: what BM25 costs the first sync's chunks/s."""
-    import syncd.store
     from bench.scenarios import pipeline_overhead
+    from syncd.store import bm25
 
-    real, empty = syncd.store.bm25_document, qe.SparseVector(indices=[], values=[])
+    real, empty = bm25.documents, qe.SparseVector(indices=[], values=[])
     runs: dict[str, list[float]] = {"with": [], "without": []}
     try:
         for i in range(rounds):
             for name in runs:
-                syncd.store.bm25_document = real if name == "with" else (lambda text: empty)
+                bm25.documents = real if name == "with" else (lambda texts: [empty] * len(texts))
                 out = pipeline_overhead(work / f"{name}-{i}", files)
                 runs[name].append(out["syncd_chunks_per_s"])
     finally:
-        syncd.store.bm25_document = real
+        bm25.documents = real
     with_, without = statistics.median(runs["with"]), statistics.median(runs["without"])
     return {
         "pipeline_chunks_per_s": runs,

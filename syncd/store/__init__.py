@@ -9,7 +9,6 @@ store moved between them searches the same and BM25 never costs an embedding req
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import re
@@ -50,13 +49,6 @@ _MIN_CANDIDATES = 50
 UPGRADE_BATCH = 1000
 # `metadata.KEY`: plain keys only, so a key cannot reach outside `metadata`.
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-@functools.cache
-def _bm25() -> qe.Bm25:
-    import qdrant_edge as qe  # here: `status` and `--version` need not load the engine
-
-    return qe.Bm25()
 
 
 def point_id(source: str, path: str, chunk_index: int) -> str:
@@ -184,12 +176,19 @@ def dense_size(vector: Any) -> int:
 
 
 def bm25_document(text: str) -> qe.SparseVector:
-    return _bm25().embed_document(text)
+    from syncd.store import bm25
+
+    return bm25.model().embed_document(text)
 
 
-def to_record(p: PointData) -> Record:
-    """A point as syncd writes it: BM25 from its chunk text."""
-    return Record(p.id, p.vector.tolist(), bm25_document(p.payload.get("text", "")), p.payload)
+def to_records(points: list[PointData]) -> list[Record]:
+    """Points as syncd writes them: BM25 from each chunk's text (many at once in a worker)."""
+    from syncd.store import bm25
+
+    sparse = bm25.documents([p.payload.get("text", "") for p in points])
+    return [
+        Record(p.id, p.vector.tolist(), s, p.payload) for p, s in zip(points, sparse, strict=True)
+    ]
 
 
 def legs(query: SearchQuery) -> list[tuple[str, list[float] | qe.SparseVector]]:
@@ -200,7 +199,9 @@ def legs(query: SearchQuery) -> list[tuple[str, list[float] | qe.SparseVector]]:
             raise ValueError(f"search mode {query.mode} needs the query's embedding")
         out.append((DENSE, query.dense.tolist()))
     if query.mode != "dense":
-        sparse = _bm25().embed_query(query.text)
+        from syncd.store import bm25
+
+        sparse = bm25.model().embed_query(query.text)
         if sparse.indices:
             out.append((BM25, sparse))
     return out

@@ -45,7 +45,7 @@ from syncd.store import (
     match_glob,
     mismatch,
     ranked,
-    to_record,
+    to_records,
     where_values,
 )
 
@@ -119,7 +119,7 @@ class EdgeStore:
             log.info("store_optimized", seconds=round(time.monotonic() - started, 2))
 
     def upsert(self, points: list[PointData]) -> None:
-        self.upsert_records([to_record(p) for p in points])
+        self.upsert_records(to_records(points))
 
     def upsert_records(self, records: list[Record]) -> None:
         for i in range(0, len(records), UPDATE_POINTS):

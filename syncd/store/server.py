@@ -44,7 +44,7 @@ from syncd.store import (
     match_glob,
     mismatch,
     ranked,
-    to_record,
+    to_records,
     where_values,
 )
 
@@ -178,7 +178,7 @@ class ServerStore:
         log.info("store_upgrade_finished", collection=self._collection, points=total)
 
     def upsert(self, points: list[PointData]) -> None:
-        self.upsert_records([to_record(p) for p in points])
+        self.upsert_records(to_records(points))
 
     def upsert_records(self, records: list[Record]) -> None:
         structs = [
