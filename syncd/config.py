@@ -119,7 +119,7 @@ class EmbedderConfig(Section):
     timeout_seconds: Positive = 30
 
     def __post_init__(self) -> None:
-        _check_secret(self.api_key, "api_key")
+        self.api_key = _check_secret(self.api_key, "api_key")
 
 
 class QdrantConfig(Section):
@@ -129,7 +129,7 @@ class QdrantConfig(Section):
     collection: Name = "syncd"
 
     def __post_init__(self) -> None:
-        _check_secret(self.api_key, "api_key")
+        self.api_key = _check_secret(self.api_key, "api_key")
 
 
 class StateConfig(Section):
@@ -160,7 +160,7 @@ class ServerConfig(Section):
                 raise ValueError(f"listen: {e}") from None
         if self.token is not None and self.token_file is not None:
             raise ValueError("token_file: set server.token or server.token_file, not both")
-        _check_secret(self.token, "token")
+        self.token = _check_secret(self.token, "token")
 
     def bearer_token(self) -> str | None:
         """The token clients must send, read from `token_file` on each call (rotation)."""
@@ -198,10 +198,14 @@ def check_listen_safe(settings: Settings) -> None:
     server.bearer_token()
 
 
-def _check_secret(value: Secret | None, key: str) -> None:
+def _check_secret(value: Secret | str | None, key: str) -> Secret | None:
+    """The secret, checked; given as text when a section is built in code, not loaded."""
+    if isinstance(value, str):
+        value = Secret(value)
     problem = value and secret_problem(value.get_secret_value())
     if problem:
         raise ValueError(f"{key}: {problem}")
+    return value
 
 
 def _is_loopback(host: str) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,16 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cache")
     os.environ["XDG_CACHE_HOME"] = str(path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def no_bm25_worker_left() -> Iterator[None]:
+    """A test that wrote 256 chunks or more started the BM25 worker: it ends with the test,
+    so the next one sees only the child processes it starts."""
+    yield
+    from syncd.store import bm25
+
+    bm25.stop()
 
 
 class CountingEmbedder:
