@@ -700,6 +700,9 @@ def _close(engine: Engine, sealing: bool) -> None:
     identity = store.identity
     store.close()
     if consistent:
+        # A remote API's dimension is known from its first answer: without it recorded,
+        # the seal could not be trusted and the next resync would load the shard.
+        state.use_embedder(identity.model, identity.dimension)
         state.seal_store(seal(settings.qdrant, identity))
 
 

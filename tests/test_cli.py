@@ -134,10 +134,18 @@ def test_store_held_by_another_process_exits_3(project):
     assert out.returncode == 3 and "in use by another syncd process" in out.stderr
 
 
-def test_noop_resync_leaves_the_store_closed_and_a_resync_with_work_writes(project):
+@pytest.mark.parametrize("provider", ["local", "ai21"])
+def test_noop_resync_leaves_the_store_closed_and_a_resync_with_work_writes(
+    project, make_config, fake_embed, provider
+):
     """A resync with nothing to do reads the state and the files only: Qdrant Edge is not
     even imported, and the shard's files stay as they were (loading it rewrites some).
-    One with work opens the store, and writes."""
+    One with work opens the store, and writes. With an API, whose dimension the first
+    sync learns from its first answer, the very next resync is a no-op of this kind too."""
+    if provider == "ai21":
+        make_config(
+            embedder={"provider": "ai21", "base_url": fake_embed.url, "api_key": "test-key"}
+        )
     assert syncd_cmd("resync", cwd=project).returncode == 0
     shard = project / ".syncd" / "qdrant" / "syncd"
 
