@@ -225,7 +225,11 @@ class Engine:
             await asyncio.to_thread(self.store.optimize)
 
     async def _feed(self, plan: Plan, batcher: Batcher[_Prepared] | None, report: Report) -> None:
-        """Delete, then read, chunk and hand every upsert of the plan to the batches."""
+        """Delete, then read, chunk and hand every upsert of the plan to the batches.
+
+        The plan's upserts are handed over and each is let go once it is written: a first
+        sync of a million files held some 300 MB of them to its end, its peak.
+        """
         self.state.set_pending(plan.source, plan.size)
         self.progress.documents_total += plan.size
         log.info(
@@ -237,12 +241,13 @@ class Engine:
         )
         report.unchanged += plan.unchanged
         self._delete(plan.deletes, report)
-        for done in range(0, len(plan.upserts), EXTRACT_CONCURRENCY):
+        pending, plan.upserts = plan.upserts[::-1], []  # taken from the end, in order
+        while pending:
             if self.stopping.is_set():
-                self.state.set_pending(plan.source, len(plan.upserts) - done)
+                self.state.set_pending(plan.source, len(pending))
                 break
             assert batcher is not None  # there are upserts
-            window = plan.upserts[done : done + EXTRACT_CONCURRENCY]
+            window = [pending.pop() for _ in range(min(EXTRACT_CONCURRENCY, len(pending)))]
             prepared = await asyncio.gather(*(self._prepare(u, plan.force, report) for u in window))
             ready = [(p, p.chunks) for p in prepared if p is not None]
             await batcher.add(ready, use_cache=not plan.force)
