@@ -57,7 +57,7 @@ def test_the_worker_leaves_with_a_syncd_killed_with_9(tmp_path: Path):
         f"texts = ['river stone lamp'] * {bm25.POOL_MIN_TEXTS}\n"
         "if __name__ == '__main__':\n"
         "    bm25.documents(texts)\n"
-        "    print(*[p.pid for p in bm25._pool._processes.values()], flush=True)\n"
+        "    print('worker', *[p.pid for p in bm25._pool._processes.values()], flush=True)\n"
         "    import time; time.sleep(60)\n"
     )
     script = tmp_path / "holder.py"
@@ -66,7 +66,8 @@ def test_the_worker_leaves_with_a_syncd_killed_with_9(tmp_path: Path):
         [sys.executable, str(script)], stdout=subprocess.PIPE, text=True
     ) as holder:
         try:
-            worker = int(holder.stdout.readline())
+            line = next(line for line in holder.stdout if line.startswith("worker "))
+            worker = int(line.split()[1])
             assert _alive(worker)
             os.kill(holder.pid, signal.SIGKILL)
             holder.wait(10)

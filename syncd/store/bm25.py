@@ -11,6 +11,7 @@ a vector.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import threading
@@ -65,6 +66,8 @@ def _in_worker(texts: list[str]) -> list[tuple[list[int], list[float]]] | None:
             _pool = ProcessPoolExecutor(
                 1, get_context("spawn"), initializer=_watch_parent, initargs=(os.getpid(),)
             )
+            atexit.register(stop)  # before the interpreter tears down what shutdown needs
+            log.info("bm25_worker_started", texts=len(texts))
         pool = _pool
     try:
         return pool.submit(_embed, texts).result(_TIMEOUT_SECONDS)
