@@ -93,6 +93,15 @@ class FakeEmbedAPI:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
+    def embedder(self, **overrides: Any) -> dict[str, Any]:
+        """syncd's `embedder:` section for this API, by the AI21 route."""
+        return {
+            "provider": "ai21",
+            "model": "m",
+            "base_url": self.url,
+            "api_key": self.key,
+        } | overrides
+
     def texts(self, route: str = "/embed") -> list[str]:
         """Every text sent in a successful request to the route."""
         out = []

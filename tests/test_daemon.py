@@ -160,13 +160,7 @@ def test_kill_9_at_random_moments_then_a_final_run_converges(docs, daemon):
 
 def test_embedder_outage_of_20_seconds_delays_but_loses_nothing(docs, make_daemon, fake_embed):
     daemon = make_daemon(
-        embedder={
-            "provider": "ai21",
-            "model": "m",
-            "base_url": fake_embed.url,
-            "api_key": "test-key",
-            "requests_per_minute": 6000,
-        },
+        embedder=fake_embed.embedder(requests_per_minute=6000),
     )
     (docs / "before.txt").write_text("Written before the outage.\n")
     daemon.start().wait_ready()

@@ -235,13 +235,7 @@ def test_daemon_waits_out_an_unmounted_source_and_holds_mass_deletions(docs, mak
 def test_no_op_resync_and_status_send_no_request_with_the_embedder_down(
     docs, make_config, fake_embed
 ):
-    embedder = {
-        "provider": "ai21",
-        "model": "m",
-        "base_url": fake_embed.url,
-        "api_key": "test-key",
-        "requests_per_minute": 6000,
-    }
+    embedder = fake_embed.embedder(requests_per_minute=6000)
     make_config(embedder=embedder)
     project = docs.parent
     (docs / "a.md").write_text(note(1))

@@ -235,14 +235,7 @@ def test_text_the_embedder_rejects_is_dead_lettered_at_the_first_rejection(
         "claim_idle_seconds": 0.5,
         "max_deliveries": 3,
     }
-    embedder = {
-        "provider": "ai21",
-        "model": "m",
-        "base_url": fake_embed.url,
-        "api_key": "test-key",
-        "requests_per_minute": 60_000,
-    }
-    queue = make_daemon(sources=[source], embedder=embedder)
+    queue = make_daemon(sources=[source], embedder=fake_embed.embedder(requests_per_minute=60_000))
     client = redis_server.client()
     publish(
         client,
@@ -312,15 +305,7 @@ def test_hostile_entries_are_dead_lettered_and_the_consumer_goes_on(queue, redis
 def api_queue(redis_server, make_daemon, fake_embed, batch: int, *also: dict) -> Daemon:
     """A queue source read `batch` entries at a time (and the sources `also`), embedded
     by the fake API."""
-    embedder = {
-        "provider": "ai21",
-        "model": "m",
-        "base_url": fake_embed.url,
-        "api_key": "test-key",
-        "requests_per_minute": 60_000,
-        "batch_size": 200,
-        "max_concurrency": 2,
-    }
+    embedder = fake_embed.embedder(requests_per_minute=60_000, batch_size=200, max_concurrency=2)
     return make_daemon(sources=[stream_source(redis_server, batch), *also], embedder=embedder)
 
 
