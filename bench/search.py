@@ -27,7 +27,7 @@ from syncd.store import (
     Identity,
     PointData,
     SearchQuery,
-    bm25_document,
+    bm25,
     open_store,
     point_id,
 )
@@ -191,7 +191,7 @@ def bm25_cost(work: Path, chunks: int, files: int, rounds: int) -> dict[str, Any
 
     texts = [c.text for i in range(chunks) for c in chunk_text(document(i), 1000, 100)][:chunks]
     t0 = time.perf_counter()
-    sparse = [bm25_document(text) for text in texts]
+    sparse = [bm25.model().embed_document(text) for text in texts]
     bm25_ms = (time.perf_counter() - t0) * 1000 / len(texts)
     rng = np.random.default_rng(3)
     dense = rng.standard_normal((len(texts), 384)).astype(np.float32)
@@ -228,7 +228,6 @@ def bm25_throughput(work: Path, files: int, rounds: int) -> dict[str, Any]:
     """The pipeline (fake API at 0 ms) with BM25 and with an empty sparse vector instead,
     alternated `rounds` times: what BM25 costs the first sync's chunks/s."""
     from bench.scenarios import pipeline_overhead
-    from syncd.store import bm25
 
     real, empty = bm25.documents, qe.SparseVector(indices=[], values=[])
     runs: dict[str, list[float]] = {"with": [], "without": []}

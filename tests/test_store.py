@@ -144,7 +144,7 @@ def test_old_edge_shard_is_upgraded_on_open_without_embedding(tmp_path):
         store = open_store(QdrantConfig(path=tmp_path / "q", collection="c"), IDENTITY)
     assert [e["event"] for e in logs] == ["store_upgrade_started", "store_upgrade_finished"]
     assert json.loads((path / "edge_config.json").read_text())["sparse_vectors"] == {
-        "bm25": {"modifier": "idf"}
+        "bm25": {"modifier": "idf", "memory": "cold"}
     }
     assert sorted(p.name for p in path.parent.iterdir()) == ["c"]
     assert store.chunk_counts("s") == {"pump.md": 1, "fan.md": 1, "valve.md": 1}

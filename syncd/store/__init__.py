@@ -175,10 +175,29 @@ def dense_size(vector: Any) -> int:
     return len(vector) if vector is not None else 0
 
 
-def bm25_document(text: str) -> qe.SparseVector:
+OldPoint = tuple[str, list[float], dict[str, Any]]
+
+
+def upgraded(old: Iterable[OldPoint]) -> Iterator[list[Record]]:
+    """Points of the old layout (id, dense vector, payload) as records of the two-vector
+    one, `UPGRADE_BATCH` at a time, BM25 from each payload's text: nothing is embedded."""
+    batch: list[OldPoint] = []
+    for point in old:
+        batch.append(point)
+        if len(batch) == UPGRADE_BATCH:
+            yield _with_bm25(batch)
+            batch = []
+    if batch:
+        yield _with_bm25(batch)
+
+
+def _with_bm25(batch: list[OldPoint]) -> list[Record]:
     from syncd.store import bm25
 
-    return bm25.model().embed_document(text)
+    sparse = bm25.documents([payload.get("text", "") for _, _, payload in batch])
+    return [
+        Record(i, dense, s, payload) for (i, dense, payload), s in zip(batch, sparse, strict=True)
+    ]
 
 
 def to_records(points: list[PointData]) -> list[Record]:

@@ -38,13 +38,13 @@ from syncd.store import (
     Record,
     SearchQuery,
     StoredPoint,
-    bm25_document,
     dense_size,
     legs,
     match_glob,
     mismatch,
     ranked,
     to_records,
+    upgraded,
     where_values,
 )
 
@@ -54,6 +54,13 @@ _SCHEMAS = {
     **dict.fromkeys(KEYWORD_FIELDS, m.PayloadSchemaType.KEYWORD),
     **dict.fromkeys(INTEGER_FIELDS, m.PayloadSchemaType.INTEGER),
 }
+
+
+def _structs(records: list[Record]) -> list[m.PointStruct]:
+    return [
+        m.PointStruct(id=r.id, vector={DENSE: r.dense, BM25: _sparse(r.bm25)}, payload=r.payload)
+        for r in records
+    ]
 
 
 def _sparse(vector: qe.SparseVector) -> m.SparseVector:
@@ -162,17 +169,9 @@ class ServerStore:
         if self._client.collection_exists(staging):
             self._client.delete_collection(staging)
         self._create(staging, identity)
-        batch: list[m.PointStruct] = []
-        for r in self._scroll(None, with_vectors=True):
-            bm25 = _sparse(bm25_document((r.payload or {}).get("text", "")))
-            batch.append(
-                m.PointStruct(id=r.id, vector={DENSE: r.vector, BM25: bm25}, payload=r.payload)
-            )
-            if len(batch) == UPGRADE_BATCH:
-                self._client.upsert(staging, batch, wait=True)
-                batch = []
-        if batch:
-            self._client.upsert(staging, batch, wait=True)
+        points = ((r.id, r.vector, r.payload or {}) for r in self._scroll(None, with_vectors=True))
+        for records in upgraded(points):
+            self._client.upsert(staging, _structs(records), wait=True)
         self._client.delete_collection(self._collection)
         self._alias(staging)
         log.info("store_upgrade_finished", collection=self._collection, points=total)
@@ -181,14 +180,8 @@ class ServerStore:
         self.upsert_records(to_records(points))
 
     def upsert_records(self, records: list[Record]) -> None:
-        structs = [
-            m.PointStruct(
-                id=r.id, vector={DENSE: r.dense, BM25: _sparse(r.bm25)}, payload=r.payload
-            )
-            for r in records
-        ]
         with _translated():
-            self._client.upsert(self._collection, structs, wait=True)
+            self._client.upsert(self._collection, _structs(records), wait=True)
 
     def scroll(
         self, offset: str | None = None, limit: int = UPGRADE_BATCH
