@@ -69,7 +69,7 @@ def main() -> None:
     )
     plan["search_latency"] = lambda w: search.search_latency(w, 2_000 if q else 100_000)
     plan["bm25_cost"] = lambda w: search.bm25_cost(
-        w, 500 if q else 10_000, 50 if q else 1_000, 1 if q else 3
+        w, 500 if q else 10_000, 50 if q else 2_000, 1 if q else 5
     )
     if not q:  # needs the bench extra (ranx)
         plan["retrieval"] = lambda w: search.retrieval_quality(w)
