@@ -159,6 +159,57 @@ def test_old_edge_shard_is_upgraded_on_open_without_embedding(tmp_path):
     assert logs == []
 
 
+def test_edge_shard_with_its_indexes_in_memory_opens_searches_and_takes_writes(tmp_path):
+    """As syncd made shards before it kept everything but the int8 vectors cold."""
+    import qdrant_edge as qe
+
+    from syncd.store import bm25
+
+    path = tmp_path / "q" / "c"
+    path.parent.mkdir()
+    shard = qe.EdgeShard.create(
+        str(path),
+        qe.EdgeConfig(
+            vectors={"dense": qe.EdgeVectorParams(size=4, distance=qe.Distance.Cosine)},
+            sparse_vectors={"bm25": qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+        ),
+    )
+    for field, schema in [("source", "Keyword"), ("path", "Keyword"), ("chunk_index", "Integer")]:
+        schema = getattr(qe.PayloadSchemaType, schema)
+        shard.update(qe.UpdateOperation.create_field_index(field, schema))
+    embed = bm25.model().embed_document
+    shard.update(
+        qe.UpdateOperation.upsert_points(
+            [
+                qe.Point(
+                    p.id, {"dense": p.vector.tolist(), "bm25": embed(p.payload["text"])}, p.payload
+                )
+                for p in _old_points()
+            ]
+        )
+    )
+    shard.flush()
+    shard.close()
+    (path / "syncd.json").write_text(json.dumps({"model": IDENTITY.model, "dimension": 4}))
+
+    store = open_store(QdrantConfig(path=tmp_path / "q", collection="c"), IDENTITY)
+    store.upsert(doc_points("s", "notes/boiler.md", 1, vec(1, 1, 0, 0)))
+    store.optimize()
+    hits = store.search(SearchQuery("XK-4471", vec(1, 0, 0, 0), "hybrid", 2))
+    assert [h.payload["path"] for h in hits] == ["pump.md", "notes/boiler.md"]
+    keyword = store.search(SearchQuery("boiler", None, "keyword", 5))
+    assert [h.payload["path"] for h in keyword] == ["notes/boiler.md"]
+    only = store.search(SearchQuery("", vec(1, 0, 0, 0), "dense", 5, path_glob="notes/**"))
+    assert [h.payload["path"] for h in only] == ["notes/boiler.md"]
+    assert store.chunk_counts("s") == {
+        "pump.md": 1,
+        "fan.md": 1,
+        "valve.md": 1,
+        "notes/boiler.md": 1,
+    }
+    store.close()
+
+
 def test_edge_upgrade_interrupted_by_a_crash_is_finished_on_next_open(tmp_path):
     root = tmp_path / "q"
     root.mkdir()
