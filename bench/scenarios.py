@@ -66,10 +66,10 @@ def pipeline_overhead(
     root = work / f"pipeline-{latency}"
     write_corpus(root / "docs", files, paragraphs=8)
     texts = corpus_chunks(root / "docs")
+    docs = [{"name": "docs", "path": str(root / "docs")}]
     syncd_runs, raw_runs = [], []
     with fake_api_process(384, latency) as (url, key):
         for i in range(rounds):
-            docs = [{"name": "docs", "path": str(root / "docs")}]
             config = settings(
                 root / f"run-{i}", docs, embedder=ai21_at(url, key, max_concurrency=2)
             )

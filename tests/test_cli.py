@@ -143,9 +143,7 @@ def test_noop_resync_leaves_the_store_closed_and_a_resync_with_work_writes(
     One with work opens the store, and writes. With an API, whose dimension the first
     sync learns from its first answer, the very next resync is a no-op of this kind too."""
     if provider == "ai21":
-        make_config(
-            embedder={"provider": "ai21", "base_url": fake_embed.url, "api_key": "test-key"}
-        )
+        make_config(embedder=fake_embed.embedder())
     assert syncd_cmd("resync", cwd=project).returncode == 0
     shard = project / ".syncd" / "qdrant" / "syncd"
 
