@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import memory, scenarios, search
+from bench import floor, memory, scenarios, search
 from bench.chunking import chunking
 from bench.migrate import migrate_throughput
 from bench.startup import scale, startup
@@ -59,6 +59,10 @@ def main() -> None:
         "redis_queue": lambda w: scenarios.redis_queue(
             w, 100 if q else 5_000, 3 if q else 20, latency=0.02
         ),
+        "cpu_floor": lambda w: {
+            "pipeline": floor.pipeline_floor(w / "pipeline", 50 if q else 2_000),
+            "queue": floor.queue_floor(w / "queue", 100 if q else 5_000),
+        },
         "migrate": lambda w: migrate_throughput(w, 500 if q else 10_000),
         "chunking": lambda w: chunking(50 if q else 2_000, 40 if q else 400, not args.no_peer),
     }
@@ -107,6 +111,31 @@ def main() -> None:
     except KeyError as e:  # `--only` into an --out that lacks the other scenarios
         print(f"no table or plot: scenario {e} has not run into {args.out}")
     print(f"\nwrote {args.out / 'results.json'}")
+
+
+def floor_rows(f: dict) -> list[tuple[str, str, str, str]]:
+    """What syncd must spend per chunk at least, against what the bare run leaves it."""
+    names = {
+        "client": "HTTP",
+        "chunking": "chunk",
+        "bm25": "BM25",
+        "edge": "Edge",
+        "state": "SQLite",
+    }
+    rows = []
+    for what, label in (("pipeline", "pipeline, 0 ms"), ("queue", "queue, 20 ms")):
+        x = f[what]
+        parts = " + ".join(f"{names[k]} {v:.0f}" for k, v in x["us_per_chunk"].items())
+        rows.append(
+            (
+                f"CPU floor per chunk, {label}",
+                f"{parts} us = {x['floor_cpu_seconds']:.2f} s; "
+                f"{x['budget_cpu_seconds']:.2f} s to spare",
+                f"{x['best_ratio']:.2f}",
+                f"best reachable on {x['cores']} cores; API {x['api_cpu_seconds']:.2f} s CPU",
+            )
+        )
+    return rows
 
 
 def search_rows(r: dict) -> list[tuple[str, str, str, str]]:
@@ -282,6 +311,8 @@ def table(r: dict) -> str:
             f"max {rl['max_in_60s_window']} in any 60 s",
         )
     )
+    if "cpu_floor" in r:
+        rows += floor_rows(r["cpu_floor"])
     q = r["redis_queue"]
     rows.append(
         (

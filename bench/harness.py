@@ -76,17 +76,22 @@ def process_env(**extra: str) -> dict[str, str]:
     return os.environ | {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(cache)} | extra
 
 
+# Runs the CLI, then prints its peak RSS in KB last on stderr: its own (VmHWM, not
+# ru_maxrss, which Linux carries over from the forking parent) plus the largest of its
+# children's, the embedded store's process (a bound on their sum at any one moment).
+PEAK_RSS_CLI = (
+    "import resource, sys; from syncd.cli import main; code = main(sys.argv[1:]); "
+    "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]; "
+    "kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss; "
+    "print(int(hwm.split()[1]) + kids, file=sys.stderr); sys.exit(code)"
+)
+
+
 def syncd(*args: str, config: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Run the CLI in a process of its own; (seconds, that process's peak RSS in MB)."""
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent.
-    code = (
-        "import sys; from syncd.cli import main; code = main(sys.argv[1:]); "
-        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]; "
-        "print(hwm.split()[1], file=sys.stderr); sys.exit(code)"
-    )
+    """Run the CLI in a process of its own; (seconds, its peak RSS in MB, see PEAK_RSS_CLI)."""
     started = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", code, *args, "-c", str(config)],
+        [sys.executable, "-c", PEAK_RSS_CLI, *args, "-c", str(config)],
         check=True,
         capture_output=True,
         text=True,
@@ -168,6 +173,32 @@ def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a running process has used so far (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes `pid` started (any of its threads), theirs, and so on."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # the thread or the child ended meanwhile
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
+
+
+def status_mb(pid: int, key: str, tree: bool = True) -> float:
+    """A /proc/PID/status figure in MB (VmRSS, VmHWM), summed over the processes that
+    `pid` started too with `tree` (for VmHWM a bound: each peaked at its own moment)."""
+    total = 0
+    for p in [pid, *(descendants(pid) if tree else [])]:
+        try:
+            lines = Path(f"/proc/{p}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += next(int(line.split()[1]) for line in lines if line.startswith(key))
+    return total / 1024
 
 
 def until(check, timeout: float, every: float = 0.01) -> float:

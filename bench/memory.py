@@ -18,19 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.corpus import write_corpus
-from bench.harness import free_port, settings, until
+from bench.harness import PEAK_RSS_CLI, free_port, settings, status_mb, until
 from bench.scenarios import corpus_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 # The commit before the local model was slimmed down (issue 19).
 BASELINE = "de92439"
 
-# Prints the process's own peak RSS last on stderr: VmHWM, as bench.harness.syncd does.
-_CLI = (
-    "import sys; from syncd.cli import main; code = main(sys.argv[1:]); "
-    "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]; "
-    "print(hwm.split()[1], file=sys.stderr); sys.exit(code)"
-)
 # The bare model on the same chunk texts for both trees (this tree's chunks, read from a
 # JSON file), in batches of 200 as the engine sends them. The clock starts before the
 # embedder module is imported: the baseline loads onnxruntime and its model there and in
@@ -73,15 +67,8 @@ def _python(code: str, *args: str, tree: Path) -> subprocess.CompletedProcess[st
 
 def _cli(tree: Path, config: Path, *args: str) -> tuple[float, float]:
     started = time.perf_counter()
-    out = _python(_CLI, *args, "-c", str(config), tree=tree)
+    out = _python(PEAK_RSS_CLI, *args, "-c", str(config), tree=tree)
     return time.perf_counter() - started, int(out.stderr.strip().splitlines()[-1]) / 1024
-
-
-def _status_mb(pid: int, key: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
-    raise KeyError(key)
 
 
 def _daemon(tree: Path, config: Path, port: int, idle: float) -> dict[str, float]:
@@ -106,12 +93,12 @@ def _daemon(tree: Path, config: Path, port: int, idle: float) -> dict[str, float
                 return False
 
         first_sync = until(ready, 1800, every=0.2)
-        peak = _status_mb(proc.pid, "VmHWM:")
+        peak = status_mb(proc.pid, "VmHWM:")
         time.sleep(idle)
         return {
             "first_sync_seconds": first_sync,
             "first_sync_peak_rss_mb": peak,
-            "idle_rss_mb": _status_mb(proc.pid, "VmRSS:"),
+            "idle_rss_mb": status_mb(proc.pid, "VmRSS:"),
             "idle_seconds": idle,
         }
     finally:

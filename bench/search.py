@@ -7,6 +7,7 @@ Latency: in process, the query's embedding excluded (drawn beforehand), over the
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import time
@@ -224,29 +225,69 @@ def bm25_cost(work: Path, chunks: int, files: int, rounds: int) -> dict[str, Any
     }
 
 
+# On the path of the processes a "without" round starts (the embedded store's among them):
+# every chunk gets an empty sparse vector instead of its BM25.
+_NO_BM25 = """
+import qdrant_edge as qe
+from syncd.store import bm25
+
+bm25.documents = lambda texts: [qe.SparseVector(indices=[], values=[]) for _ in texts]
+"""
+
+
 def bm25_throughput(work: Path, files: int, rounds: int) -> dict[str, Any]:
     """The pipeline (fake API at 0 ms) with BM25 and with an empty sparse vector instead,
-    alternated `rounds` times: what BM25 costs the first sync's chunks/s."""
-    from bench.scenarios import pipeline_overhead
+    alternated `rounds` times on one corpus: what BM25 costs the first sync's chunks/s."""
+    from bench.corpus import write_corpus
+    from bench.harness import ai21_at, fake_api_process, settings, sync
 
-    real, empty = bm25.documents, qe.SparseVector(indices=[], values=[])
+    docs = [{"name": "docs", "path": str(work / "docs")}]
+    write_corpus(work / "docs", files, paragraphs=8)
+    without = work / "without-bm25"
+    without.mkdir()
+    (without / "sitecustomize.py").write_text(_NO_BM25)
+    path = os.environ.get("PYTHONPATH")
     runs: dict[str, list[float]] = {"with": [], "without": []}
-    try:
-        for i in range(rounds):
-            for name in runs:
-                bm25.documents = real if name == "with" else (lambda texts: [empty] * len(texts))
-                out = pipeline_overhead(work / f"{name}-{i}", files)
-                runs[name].append(out["syncd_chunks_per_s"])
-    finally:
-        bm25.documents = real
-    with_, without = statistics.median(runs["with"]), statistics.median(runs["without"])
+    with fake_api_process(384) as (url, key):
+        embedder = ai21_at(url, key, max_concurrency=2)
+        try:
+            for i in range(rounds):
+                for name in runs:
+                    if name == "without":
+                        os.environ["PYTHONPATH"] = os.pathsep.join(
+                            filter(None, [str(without), path])
+                        )
+                    config = settings(work / f"{name}-{i}", docs, embedder=embedder)
+                    report, seconds = sync(config)
+                    runs[name].append(report.texts_embedded / seconds)
+                    _restore("PYTHONPATH", path)
+                    assert _has_bm25(config) == (name == "with"), "the variant did not apply"
+        finally:
+            _restore("PYTHONPATH", path)
+    with_, without_ = statistics.median(runs["with"]), statistics.median(runs["without"])
     return {
         "pipeline_chunks_per_s": runs,
         "with_bm25_chunks_per_s": with_,
-        "without_bm25_chunks_per_s": without,
-        "throughput_cost": 1 - with_ / without,
+        "without_bm25_chunks_per_s": without_,
+        "throughput_cost": 1 - with_ / without_,
     }
 
 
 def _size(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def _has_bm25(config) -> bool:
+    from syncd.store import open_store
+
+    store = open_store(config.qdrant, None, create=False)
+    (record,), _ = store.scroll(None, 1)
+    store.close()
+    return bool(record.bm25.indices)
+
+
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value

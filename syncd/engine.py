@@ -314,7 +314,9 @@ class Engine:
                 self.store = None
             await asyncio.to_thread(promote, self.settings.qdrant, switch.target)
             self.state.finish_switch(identity.dimension)
-            self.store = await asyncio.to_thread(open_store, self.settings.qdrant, identity)
+            # Only the commands that sync switch: their shard runs in a process of its own.
+            reopen = functools.partial(open_store, self.settings.qdrant, identity, process=True)
+            self.store = await asyncio.to_thread(reopen)
             old, self.embedder = self.embedder, switch.embedder
         finally:
             self._readable.set()
@@ -650,7 +652,7 @@ async def _open(
         await embedder.start()
     switched_under_us = False
     try:
-        store = await _open_store(settings, embedder, rebuild, create)
+        store = await _open_store(settings, embedder, rebuild, create, build_next)
     except StoreMismatch:
         # A reader beside a daemon that is switching: the index may be the new one,
         # whose state the daemon is about to record (so this reader records nothing).
@@ -662,7 +664,7 @@ async def _open(
         embedder = make_embedder(other)
         engine.embedder, engine.owns_embedder = embedder, True
         await embedder.start()
-        store = await _open_store(settings, embedder, rebuild, create)
+        store = await _open_store(settings, embedder, rebuild, create, build_next)
         switched_under_us = True
     engine.store, engine.embedder = store, embedder
     if store is not None:
@@ -712,15 +714,18 @@ def _close(engine: Engine, sealing: bool) -> None:
 
 
 async def _open_store(
-    settings: Settings, embedder: Embedder, rebuild: bool, create: bool
+    settings: Settings, embedder: Embedder, rebuild: bool, create: bool, process: bool
 ) -> Store | None:
     """The collection for this embedder. One whose dimension is not known yet (a remote
     API never asked) takes it from a collection it built, or creates one with its first
-    write; only a rebuild over another embedder's collection asks the API first."""
+    write; only a rebuild over another embedder's collection asks the API first. With
+    `process`, an embedded shard runs in a process of its own (see store/process.py)."""
     if not embedder.dimension:
-        built = open_store(settings.qdrant, None, create=False)
+        built = open_store(settings.qdrant, None, create=False, process=process)
         if built is None:
-            return PendingStore(settings.qdrant, embedder.model_id) if create else None
+            if not create:
+                return None
+            return PendingStore(settings.qdrant, embedder.model_id, process)
         if built.identity.model == embedder.model_id:
             embedder.dimension = built.identity.dimension
             return built
@@ -728,4 +733,4 @@ async def _open_store(
         if rebuild:
             await embedder.embed(["dimension probe"], "document")
     identity = Identity(embedder.model_id, embedder.dimension)
-    return open_store(settings.qdrant, identity, rebuild=rebuild, create=create)
+    return open_store(settings.qdrant, identity, rebuild, create, process)

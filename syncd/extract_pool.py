@@ -13,13 +13,13 @@ bounded front matter, are extracted in-process, in a thread.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import resource
 import signal
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
+from syncd.children import die_with_parent
 from syncd.errors import DocumentError
 from syncd.extract import Extracted, extract, needs_worker
 
@@ -33,7 +33,6 @@ DEFAULT_MEMORY_LIMIT = 512 << 20
 DEFAULT_MAX_TEXT_CHARS = 32_000_000
 # A fresh interpreter now and then returns what fragmentation or a leak in a parser kept.
 _TASKS_PER_WORKER = 500
-_PR_SET_PDEATHSIG = 1
 
 
 class ExtractPool:
@@ -132,10 +131,7 @@ def _start_worker(memory_limit: int, parent: int) -> None:
     # pebble's SIGTERM handler would wait for the parser to return to Python.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # So that a worker stuck in a parser does not outlive a daemon killed with -9.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
+    die_with_parent(parent)
     # kreuzberg maps its thread pools and allocator arenas on first use: count those as the
     # worker's baseline, so the limit is what one document may add.
     extract("warm-up.html", b"<p>warm-up</p>")

@@ -12,7 +12,13 @@ if TYPE_CHECKING:
     from syncd.config import LogConfig
 
 
+#: What `configure_logging` was last given, for the child processes that log too.
+configured: LogConfig | None = None
+
+
 def configure_logging(config: LogConfig) -> None:
+    global configured
+    configured = config
     fmt = config.format
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"

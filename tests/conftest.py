@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,51 @@ def no_bm25_worker_left() -> Iterator[None]:
     from syncd.store import bm25
 
     bm25.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_store_process_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The embedded store's process (syncd/store/process.py) ends as its store is closed,
+    or with the syncd that started it: none that this test started outlives it."""
+    yield
+    left = _store_processes(f"PYTEST_CURRENT_TEST={request.node.nodeid} (".encode())
+    deadline = time.monotonic() + 10
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [pid for pid in left if alive(pid)]
+    assert not left, "a store process outlived its store"
+
+
+def _store_processes(started_by: bytes) -> list[int]:
+    """Those whose environment says which test they were started in (inherited, as pytest
+    sets PYTEST_CURRENT_TEST), so that other work on the machine is left out."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (
+                b"syncd.store.process" in (proc / "cmdline").read_bytes()
+                and started_by in (proc / "environ").read_bytes()
+                and alive(int(proc.name))
+            ):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; init reaps it
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)
 
 
 class CountingEmbedder:

@@ -33,11 +33,14 @@ def test_bench_runs_every_scenario_and_writes_json_and_plot(tmp_path):
         "startup",
         "migrate",
         "scale",
+        "cpu_floor",
     ):
         assert results[name]["wall_seconds"] > 0, name
     assert results["incremental"]["texts_embedded"] >= 1
     assert results["rate_limit"]["max_in_60s_window"] <= results["rate_limit"]["limit_rpm"]
     assert results["redis_queue"]["ratio"] > 0
+    floor = results["cpu_floor"]["pipeline"]
+    assert floor["api_cpu_seconds"] > 0 and all(v > 0 for v in floor["us_per_chunk"].values())
     assert results["startup"]["version_cpu_seconds"] > 0
     assert results["migrate"]["to_parallel_4_points_per_s"] > 0
     assert (tmp_path / "results.png").stat().st_size > 0

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import alive, gone_within
 
 from syncd.store import bm25
 
@@ -68,20 +69,9 @@ def test_the_worker_leaves_with_a_syncd_killed_with_9(tmp_path: Path):
         try:
             line = next(line for line in holder.stdout if line.startswith("worker "))
             worker = int(line.split()[1])
-            assert _alive(worker)
+            assert alive(worker)
             os.kill(holder.pid, signal.SIGKILL)
             holder.wait(10)
-            deadline = time.monotonic() + 10
-            while _alive(worker) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert not _alive(worker)
+            assert gone_within(worker, 10)
         finally:
             holder.kill()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"  # a zombie has exited; init reaps it

@@ -314,7 +314,9 @@ def test_unchanged_failed_document_is_retried_with_backoff_unless_asked(docs, se
     assert [retry_delay(n) for n in (1, 2, 3, 10)] == [60, 120, 240, 3600]
 
 
-def test_a_pass_that_wrote_leaves_the_embedded_shard_indexed(corpus, settings, resync, monkeypatch):
+def test_a_pass_that_wrote_leaves_the_embedded_shard_indexed(
+    corpus, settings, resync, monkeypatch, tmp_path
+):
     """Edge indexes nothing unless asked: a pass that wrote asks, so searches scan quantized
     segments rather than every vector at full precision."""
     import qdrant_edge as qe
@@ -322,6 +324,15 @@ def test_a_pass_that_wrote_leaves_the_embedded_shard_indexed(corpus, settings, r
     from syncd.store import edge
 
     monkeypatch.setattr(edge, "INDEXING_THRESHOLD_KB", 1)  # a few points pass it
+    # and in the shard's own process (syncd/store/process.py), started with this on its path
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "from syncd.store import edge\nedge.INDEXING_THRESHOLD_KB = 1\n"
+    )
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    )
     resync(settings)
     shard = qe.EdgeShard.load(str(settings.qdrant.path / settings.qdrant.collection))
     try:

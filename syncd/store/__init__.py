@@ -374,19 +374,27 @@ def same_payload(a: object, b: object) -> bool:
 
 
 def open_store(
-    config: QdrantConfig, identity: Identity | None, rebuild: bool = False, create: bool = True
+    config: QdrantConfig,
+    identity: Identity | None,
+    rebuild: bool = False,
+    create: bool = True,
+    process: bool = False,
 ) -> Store | None:
     """Open the collection, creating it if missing unless `create` is false (then None).
 
     A collection built with another embedder is an error unless `rebuild`, which empties it.
     With `identity` None, an existing collection is taken as it was built (`migrate` reads
-    a store without starting its embedder) and a missing one is never created.
+    a store without starting its embedder) and a missing one is never created. With
+    `process` (the commands that sync), the embedded shard is run by a process of its own.
     """
     if config.url:
         from syncd.store.server import ServerStore
 
         return ServerStore.connect(config, identity, rebuild, create)
-    from syncd.store.edge import EdgeStore
+    if process:
+        from syncd.store.process import ShardProcess as EdgeStore
+    else:
+        from syncd.store.edge import EdgeStore
 
     return EdgeStore.open(config.path / config.collection, identity, rebuild, create)
 
@@ -425,14 +433,16 @@ class PendingStore:
     a first sync spends no request on asking. Until that write it holds nothing.
     """
 
-    def __init__(self, config: QdrantConfig, model: str) -> None:
+    def __init__(self, config: QdrantConfig, model: str, process: bool) -> None:
         self._config = config
+        self._process = process
         self._store: Store | None = None
         self.identity = Identity(model, 0)
 
     def _created(self, dimension: int) -> Store:
         if self._store is None:
-            self._store = open_store(self._config, Identity(self.identity.model, dimension))
+            identity = Identity(self.identity.model, dimension)
+            self._store = open_store(self._config, identity, process=self._process)
             self.identity = self._store.identity
         return self._store
 

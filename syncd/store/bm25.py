@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 POOL_MIN_TEXTS = 256
+#: False in the embedded store's own process (store/process.py): it has a core to itself.
+worker_allowed = True
 # Far beyond what a batch takes (1,000 chunks: under 0.1 s); past it, computed here.
 _TIMEOUT_SECONDS = 60
 
@@ -44,7 +46,7 @@ def model() -> qe.Bm25:
 
 def documents(texts: list[str]) -> list[qe.SparseVector]:
     """The BM25 document vector of each text, in order."""
-    if len(texts) >= POOL_MIN_TEXTS:
+    if worker_allowed and len(texts) >= POOL_MIN_TEXTS:
         pairs = _in_worker(texts)
         if pairs is not None:
             import qdrant_edge as qe

@@ -226,9 +226,24 @@ class EdgeStore:
         return sorted(payloads, key=lambda p: p.get("chunk_index", 0))
 
     def points(self, source: str) -> Iterator[StoredPoint]:
-        where = qe.Filter(must=[_source_is(source)])
-        for r in _scroll(self._shard, where, with_vector=[DENSE]):
-            yield StoredPoint(str(r.id), r.payload or {}, dense_size(r.vector))
+        offset = None
+        while True:
+            page, offset = self.points_page(source, offset)
+            yield from page
+            if offset is None:
+                return
+
+    def points_page(self, source: str, offset: str | None) -> tuple[list[StoredPoint], str | None]:
+        request = qe.ScrollRequest(
+            offset=offset,
+            limit=UPGRADE_BATCH,
+            filter=qe.Filter(must=[_source_is(source)]),
+            with_payload=True,
+            with_vector=[DENSE],
+        )
+        records, next_offset = _call(self._shard.scroll, request)
+        page = [StoredPoint(str(r.id), r.payload or {}, dense_size(r.vector)) for r in records]
+        return page, None if next_offset is None else str(next_offset)
 
     def delete_points(self, ids: list[str]) -> None:
         if ids:
