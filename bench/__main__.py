@@ -57,7 +57,7 @@ def main() -> None:
         "freshness": lambda w: scenarios.freshness(w, 3 if q else 20),
         "rate_limit": lambda w: scenarios.rate_limit(3 if q else 25, rpm=600 if q else 60),
         "redis_queue": lambda w: scenarios.redis_queue(
-            w, 100 if q else 5_000, 3 if q else 20, latency=0.02
+            w, 100 if q else 5_000, 3 if q else 20, latency=0.02, rounds=1 if q else 5
         ),
         "cpu_floor": lambda w: {
             "pipeline": floor.pipeline_floor(w / "pipeline", 50 if q else 2_000),
@@ -77,7 +77,7 @@ def main() -> None:
     )
     plan["search_latency"] = lambda w: search.search_latency(w, 2_000 if q else 100_000)
     plan["bm25_cost"] = lambda w: search.bm25_cost(
-        w, 500 if q else 10_000, 50 if q else 2_000, 1 if q else 5
+        w, 500 if q else 10_000, 50 if q else 2_000, 1 if q else 11
     )
     if not q:  # needs the bench extra (ranx)
         plan["retrieval"] = lambda w: search.retrieval_quality(w)
@@ -317,13 +317,12 @@ def table(r: dict) -> str:
     rows.append(
         (
             f"redis stream vs bare client, {q.get('latency', 0) * 1000:.0f} ms/request",
-            f"{q['entries_per_s']:.0f} vs {q.get('bare_entries_per_s', 0):.0f} entries/s; "
+            f"{q['entries_per_s']:.0f} vs {q['bare_entries_per_s']:.0f} entries/s "
+            f"(medians of {q['rounds']}; ratios {_spread(q['ratios'])}); "
             f"XADD->searchable p50 {q['latency_p50']:.2f} s, p95 {q['latency_p95']:.2f} s",
-            f"{q['ratio']:.2f}" if "ratio" in q else "",
-            f"{q['entries']:,} entries; target >= 0.9"
-            + (
-                f"; daemon {q['daemon_cpu_seconds']:.1f} s CPU" if "daemon_cpu_seconds" in q else ""
-            ),
+            f"{q['ratio']:.2f}",
+            f"{q['entries']:,} entries; target >= 0.9; CPU: syncd "
+            f"{q['daemon_cpu_seconds']:.2f} s, its store {q['store_cpu_seconds']:.2f} s",
         )
     )
     if "scale" in r:

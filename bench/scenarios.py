@@ -254,9 +254,15 @@ def rate_limit(requests: int, rpm: int = 60) -> dict[str, Any]:
     }
 
 
-def redis_queue(work: Path, entries: int, samples: int, latency: float = 0.02) -> dict[str, Any]:
+def redis_queue(
+    work: Path, entries: int, samples: int, latency: float = 0.02, rounds: int = 1
+) -> dict[str, Any]:
     """Issues 5 and 18: entries/s through `syncd run` vs. the bare client posting the same
-    texts to the same fake API (its own process, `latency` per request); XADD → searchable."""
+    texts to the same fake API (its own process, `latency` per request); XADD → searchable.
+
+    With `rounds`, both sides run that many times, alternated, each round with new texts
+    (syncd would embed a text it has seen again no more), and the medians are compared.
+    """
     import json
 
     from redis_server import RedisServer
@@ -268,18 +274,14 @@ def redis_queue(work: Path, entries: int, samples: int, latency: float = 0.02) -
     port = free_port()
     source = {"name": "cms", "type": "redis", "url": server.url, "stream": "docs", "batch": 500}
     client = server.client()
-    texts = [document(i, paragraphs=1, words=30) for i in range(entries)]
-    chunks = [c.text for t in texts for c in chunk_text(t, 1000, 100, False)]
 
     def drained() -> bool:
         group = client.xinfo_groups("docs")
         return bool(group) and group[0]["lag"] == 0 and group[0]["pending"] == 0
 
+    bare_runs, syncd_runs, cpu_runs, store_cpu_runs = [], [], [], []
     try:
         with fake_api_process(64, latency) as (url, key):
-            started = time.perf_counter()
-            asyncio.run(post_batches(url, key, chunks, 2))
-            bare = time.perf_counter() - started
             settings(
                 root,
                 sources=[source],
@@ -291,22 +293,24 @@ def redis_queue(work: Path, entries: int, samples: int, latency: float = 0.02) -
                 # (a remote API's dimension is known from its first answer).
                 client.xadd("docs", {"op": "upsert", "id": "warm-up", "text": "Warm-up."})
                 until(drained, 60)
-                tree = [proc.pid, *descendants(proc.pid)]  # the store's process too
-                cpu_before = sum(map(process_cpu_seconds, tree))
-                pipe = client.pipeline()
-                for i, text in enumerate(texts):
-                    pipe.xadd(
-                        "docs",
-                        {
-                            "op": "upsert",
-                            "id": f"doc-{i}",
-                            "text": text,
-                            "metadata": json.dumps({"n": i}),
-                        },
-                    )
-                pipe.execute()
-                seconds = until(drained, 600, every=0.05)
-                cpu = sum(map(process_cpu_seconds, tree)) - cpu_before
+                store = descendants(proc.pid)  # the embedded store's process
+                for r in range(rounds):
+                    numbers = range(r * entries, (r + 1) * entries)
+                    texts = [document(i, paragraphs=1, words=30) for i in numbers]
+                    chunks = [c.text for t in texts for c in chunk_text(t, 1000, 100, False)]
+                    started = time.perf_counter()
+                    asyncio.run(post_batches(url, key, chunks, 2))
+                    bare_runs.append(time.perf_counter() - started)
+                    cpu_before = process_cpu_seconds(proc.pid)
+                    store_before = sum(map(process_cpu_seconds, store))
+                    pipe = client.pipeline()
+                    for i, text in zip(numbers, texts, strict=True):
+                        fields = {"op": "upsert", "id": f"doc-{i}", "text": text}
+                        pipe.xadd("docs", fields | {"metadata": json.dumps({"n": i})})
+                    pipe.execute()
+                    syncd_runs.append(until(drained, 600, every=0.05))
+                    cpu_runs.append(process_cpu_seconds(proc.pid) - cpu_before)
+                    store_cpu_runs.append(sum(map(process_cpu_seconds, store)) - store_before)
                 took = []
                 for i in range(samples):
                     text = f"Queue freshness probe {i}: " + document(
@@ -318,15 +322,19 @@ def redis_queue(work: Path, entries: int, samples: int, latency: float = 0.02) -
                     took.append(time.perf_counter() - started)
     finally:
         server.stop()
+    seconds, bare = statistics.median(syncd_runs), statistics.median(bare_runs)
     return {
         "entries": entries,
         "latency": latency,
+        "rounds": rounds,
         "seconds": seconds,
         "entries_per_s": entries / seconds,
         "bare_seconds": bare,
         "bare_entries_per_s": entries / bare,
         "ratio": bare / seconds,
-        "daemon_cpu_seconds": cpu,
+        "ratios": [b / s for b, s in zip(bare_runs, syncd_runs, strict=True)],
+        "daemon_cpu_seconds": statistics.median(cpu_runs),
+        "store_cpu_seconds": statistics.median(store_cpu_runs),
         "latency_p50": percentile(took, 50),
         "latency_p95": percentile(took, 95),
     }

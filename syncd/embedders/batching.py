@@ -81,8 +81,16 @@ class Batcher(Generic[Doc]):
     async def add(self, docs: list[tuple[Doc, list[Chunk]]], use_cache: bool = True) -> None:
         """Documents with their chunks; the cache is asked once for all of them."""
         if use_cache:
-            known = self._vectors.keys() | self._unsent.keys() | self._sent
-            missing = {c.hash for _, chunks in docs for c in chunks if c.hash not in known}
+            # Asked of each container, not of their union: that was built anew at every
+            # call, a thousand hashes for a few documents' chunks.
+            missing = {
+                c.hash
+                for _, chunks in docs
+                for c in chunks
+                if c.hash not in self._vectors
+                and c.hash not in self._unsent
+                and c.hash not in self._sent
+            }
             if missing:
                 self._vectors.update(self.cache.vectors(missing))
         for _, chunks in docs:
