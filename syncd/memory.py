@@ -8,10 +8,10 @@ malloc_trim, and there this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
-_LIBC = ctypes.util.find_library("c")
-_malloc_trim = getattr(ctypes.CDLL(_LIBC), "malloc_trim", None) if _LIBC else None
+# The symbols the interpreter was linked with, libc's among them. Not find_library("c"),
+# which runs /sbin/ldconfig at import: a process, 10 ms, for every command that trims.
+_malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 def trim_heap() -> None:

@@ -29,7 +29,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import qdrant_edge as qe
 import structlog
 
@@ -86,8 +85,11 @@ class ShardProcess:
 
     def upsert(self, points: list[PointData]) -> None:
         if points:
-            vectors = np.stack([p.vector for p in points]).astype(np.float32, copy=False)
-            self._call("upsert", [p.id for p in points], vectors, [p.payload for p in points])
+            import numpy as np
+
+            dense = np.stack([p.vector for p in points]).astype(np.float32, copy=False)
+            ids, payloads = [p.id for p in points], [p.payload for p in points]
+            self._call("upsert", ids, dense.tobytes(), dense.shape[1], payloads)
 
     def upsert_records(self, records: list[Record]) -> None:
         self._call("upsert_records", records)
@@ -234,8 +236,7 @@ def _serve(conn: Connection) -> None:
                 store = EdgeStore.open(*args)
                 value = None if store is None else store.identity
             elif method == "upsert":
-                ids, vectors, payloads = args
-                store.upsert(list(map(PointData, ids, vectors, payloads)))
+                store.upsert_records(_records(*args))
                 value = None
             elif method == "close":
                 if store is not None:
@@ -253,6 +254,19 @@ def _serve(conn: Connection) -> None:
             break
     if store is not None:
         store.close()
+
+
+def _records(ids: list[str], dense: bytes, dimension: int, payloads: list[dict]) -> list[Record]:
+    """As `to_records` makes them, from the vectors' bytes: without numpy, this process
+    is 11 MB smaller."""
+    from syncd.store import bm25
+
+    rows = memoryview(dense).cast("f")
+    sparse = bm25.documents([p.get("text", "") for p in payloads])
+    return [
+        Record(point, rows[n * dimension : (n + 1) * dimension].tolist(), sparse[n], payload)
+        for n, (point, payload) in enumerate(zip(ids, payloads, strict=True))
+    ]
 
 
 def main(argv: list[str]) -> None:
