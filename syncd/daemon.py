@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import importlib
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -33,6 +34,9 @@ from syncd.plan import folder_plan
 from syncd.report import Report
 from syncd.sources import folder
 from syncd.store import Hit, SearchQuery
+
+if TYPE_CHECKING:
+    from syncd.mcp import Endpoint, Response
 
 log = structlog.get_logger()
 
@@ -383,6 +387,53 @@ async def run(settings: Settings, handle_signals: bool = True) -> None:
         lock.release()
 
 
+class McpOnDemand:
+    """/mcp, with the MCP SDK (and pydantic: some 40 MB) loaded by its first request, in
+    a thread, so a daemon that no agent asks carries none of it and the loop never waits
+    for the import. Runs on the daemon's loop, as `Endpoint.handle` does; the SDK's
+    session manager lives in a task of its own (anyio ends a task group only in the task
+    that began it), which the daemon's exit stack ends."""
+
+    def __init__(self, daemon: Daemon, host: str, stack: contextlib.AsyncExitStack) -> None:
+        self._daemon, self._host, self._stack = daemon, host, stack
+        self._endpoint: Endpoint | None = None
+        self._starting = asyncio.Lock()
+        self._done = asyncio.Event()
+
+    async def handle(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes
+    ) -> Response:
+        if self._endpoint is None:
+            async with self._starting:
+                if self._endpoint is None:
+                    self._endpoint = await self._start()
+        return await self._endpoint.handle(method, target, headers, body)
+
+    async def _start(self) -> Endpoint:
+        mcp = await asyncio.to_thread(importlib.import_module, "syncd.mcp")
+        ready: asyncio.Future[Endpoint] = asyncio.get_running_loop().create_future()
+
+        async def serve() -> None:
+            try:
+                names = self._daemon.source_names()
+                async with mcp.serving(self._daemon, names, self._host) as endpoint:
+                    ready.set_result(endpoint)
+                    await self._done.wait()
+            except BaseException as e:
+                if not ready.done():
+                    ready.set_exception(e)
+                raise
+
+        task = asyncio.ensure_future(serve())
+
+        async def stop() -> None:
+            self._done.set()
+            await task
+
+        self._stack.push_async_callback(stop)
+        return await ready
+
+
 async def _serve(settings: Settings, stop: asyncio.Event, notifier: Notifier) -> None:
     async with (
         opened(settings, build_next=True) as engine,
@@ -391,12 +442,8 @@ async def _serve(settings: Settings, stop: asyncio.Event, notifier: Notifier) ->
         daemon = Daemon(settings, engine)
         server = None
         if settings.server.listen:
-            from syncd import mcp  # the MCP SDK is imported only where it is served
-
             host, _ = parse_listen(settings.server.listen)
-            endpoint = await serving.enter_async_context(
-                mcp.serving(daemon, daemon.source_names(), host)
-            )
+            endpoint = McpOnDemand(daemon, host, serving)
             server = HealthServer.start(settings.server, daemon, endpoint)
         # The engine stops taking documents as soon as a signal arrives.
         stopping = asyncio.ensure_future(_relay(stop, engine.stopping))

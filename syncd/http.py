@@ -40,7 +40,7 @@ from syncd.report import Report
 from syncd.store import Hit, SearchQuery, parse_where
 
 if TYPE_CHECKING:
-    from syncd.mcp import Endpoint
+    from syncd.daemon import McpOnDemand
 
 log = structlog.get_logger()
 
@@ -165,7 +165,7 @@ class HealthServer:
 
     @classmethod
     def start(
-        cls, config: ServerConfig, service: Service, mcp: Endpoint | None = None
+        cls, config: ServerConfig, service: Service, mcp: McpOnDemand | None = None
     ) -> HealthServer:
         address = parse_listen(config.listen)
         handler = type("Handler", (_Handler,), {"service": service, "mcp": mcp})
@@ -185,7 +185,7 @@ class HealthServer:
 
 class _Handler(BaseHTTPRequestHandler):
     service: Service
-    mcp: Endpoint | None
+    mcp: McpOnDemand | None
     server: _Server
     timeout = REQUEST_TIMEOUT_SECONDS
     # Headers and body leave in two writes; with Nagle the body waited ~40 ms for the

@@ -185,6 +185,20 @@ def test_daemon_serves_the_tools_at_mcp(sample, make_daemon):
     assert daemon.stop() == 0
 
 
+def test_the_daemon_loads_the_mcp_sdk_at_the_first_request_to_mcp(sample, make_daemon):
+    daemon = guarded_daemon(make_daemon)
+    daemon.wait_ready()
+
+    def sdk_loaded() -> bool:  # pydantic's native core comes with the SDK
+        return "pydantic_core" in Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+
+    assert not sdk_loaded()
+    row = run(lambda: http(daemon.url("/mcp")), lambda s: call(s, "list_sources"))
+    assert row["sources"][0]["name"] == "docs"
+    assert sdk_loaded()
+    assert daemon.stop() == 0
+
+
 def test_mcp_without_the_token_is_401(sample, make_daemon):
     daemon = guarded_daemon(make_daemon)
     daemon.wait_ready()
