@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -629,6 +630,9 @@ async def opened(
         if engine.store is not None:
             # Loading the shard changes its files: the commands that sync seal it again.
             _close(engine, sealing=build_next)
+        # A store process started for a store that never opened (see `_open`).
+        if (process := sys.modules.get("syncd.store.process")) is not None:
+            process.discard_spare()
         if engine.owns_embedder:
             await engine.embedder.aclose()
         state.close()
@@ -644,6 +648,10 @@ async def _open(
 ) -> None:
     settings, state = engine.settings, engine.state
     own = embedder is None
+    if build_next and settings.qdrant.url is None:
+        from syncd.store import process
+
+        process.prestart()  # see open_store(process=True) below
     if embedder is None:
         embedder = make_embedder(active_embedder(settings, state))
         engine.embedder, engine.owns_embedder = embedder, True

@@ -61,8 +61,9 @@ class ShardProcess:
     def open(
         cls, path: Path, identity: Identity | None, rebuild: bool, create: bool
     ) -> ShardProcess | None:
-        """As `EdgeStore.open`, in a child process started here."""
-        store = cls(path)
+        """As `EdgeStore.open`, in the child `prestart` started, or in one started here."""
+        store = _take_spare() or cls(path)
+        store._path = path
         try:
             found = store._call("open", path, identity, rebuild, create)
         except BaseException:  # refused (another embedder's, locked): the child goes
@@ -207,6 +208,36 @@ class ShardProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             return proc.wait()
+
+
+_spare: ShardProcess | None = None
+_spare_lock = threading.Lock()
+
+
+def prestart() -> None:
+    """Start a store process now, for the next `ShardProcess.open` to take: its start-up
+    (the interpreter and Edge, about a quarter of a second) then overlaps the embedder's
+    and the first requests instead of holding up the first write."""
+    global _spare
+    with _spare_lock:
+        if _spare is None:
+            spare = ShardProcess(Path())
+            spare._start()
+            _spare = spare
+
+
+def discard_spare() -> None:
+    """Stop a prestarted process that no store took (the command ended first)."""
+    spare = _take_spare()
+    if spare is not None:
+        spare.close()
+
+
+def _take_spare() -> ShardProcess | None:
+    global _spare
+    with _spare_lock:
+        spare, _spare = _spare, None
+    return spare
 
 
 _LOG_ENV = "SYNCD_STORE_LOG"
