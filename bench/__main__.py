@@ -333,7 +333,7 @@ def table(r: dict) -> str:
                 f"{sc['first_sync_seconds']:.0f} s ({sc['first_sync_files_per_s']:,.0f} files/s), "
                 f"peak {sc['first_sync_peak_rss_mb']:.0f} MB",
                 "",
-                "whole process; target < 2 GB",
+                "syncd + its store process; target < 2 GB",
             )
         )
         rows.append(
