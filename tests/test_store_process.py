@@ -13,7 +13,7 @@ from conftest import alive, gone_within
 
 from syncd.config import QdrantConfig
 from syncd.errors import StoreError, StoreLocked, StoreMismatch
-from syncd.store import Identity, PointData, SearchQuery, bm25, open_store, point_id
+from syncd.store import Identity, PointData, SearchQuery, bm25, open_store, point_id, process
 from syncd.store.edge import EdgeStore
 from syncd.store.process import ShardProcess
 
@@ -102,10 +102,22 @@ def test_refusals_cross_from_the_store_process_and_leave_no_process(tmp_path):
         ShardProcess.open(path, IDENTITY, rebuild=False, create=False)
     held.close()
     assert ShardProcess.open(tmp_path / "none", IDENTITY, rebuild=False, create=False) is None
+    process.discard_spare()  # that child had no shard: it was kept for the next open
     deadline = time.monotonic() + 10
     while _children() != children and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _children() == children
+
+
+def test_the_prestarted_process_outlasts_a_probe_for_a_missing_shard(tmp_path):
+    """The probe an embedder of unknown dimension makes first finds no shard; the store
+    its first write creates must still get the process started early."""
+    process.prestart()
+    early = process._spare._proc.pid
+    assert ShardProcess.open(tmp_path / "c", None, rebuild=False, create=False) is None
+    store = ShardProcess.open(tmp_path / "c", IDENTITY, rebuild=False, create=True)
+    assert store._proc.pid == early
+    store.close()
 
 
 def _children() -> set[int]:

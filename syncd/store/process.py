@@ -70,7 +70,10 @@ class ShardProcess:
             store._stop()
             raise
         if found is None:
-            store.close()
+            # No shard there, and none open in the child: it stays the spare, for the
+            # store a first write creates (the probe of an embedder whose dimension is
+            # not known yet comes here first, and would otherwise spend the prestart).
+            _keep_spare(store)
             return None
         store.identity = found
         return store
@@ -231,6 +234,15 @@ def discard_spare() -> None:
     spare = _take_spare()
     if spare is not None:
         spare.close()
+
+
+def _keep_spare(store: ShardProcess) -> None:
+    global _spare
+    with _spare_lock:
+        if _spare is None:
+            store, _spare = None, store
+    if store is not None:
+        store.close()
 
 
 def _take_spare() -> ShardProcess | None:
